@@ -1,0 +1,2 @@
+//! Host package of the stardust-rs end-to-end tests (`tests/`) and examples (`examples/`).
+//! Not published; use `stardust-runtime`.

@@ -1,0 +1,12 @@
+use stardust_runtime::trace;
+
+#[trace("")]
+fn positional() {}
+
+#[trace(name = "")]
+fn named() {}
+
+fn main() {
+    positional();
+    named();
+}

@@ -1,0 +1,263 @@
+//! Configuration: a builder, with the Stardust environment variables as its source in `init()`.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::uploader::Reporter;
+
+/// Runtime configuration. `Config::from_env()` reads the Stardust environment variables;
+/// builder methods override them.
+///
+/// | env var (any case) | builder | meaning |
+/// |---|---|---|
+/// | `StarServer` | [`server`](Config::server) | server URL, or several separated by commas (fail-over) |
+/// | `StarAppId` | [`app_id`](Config::app_id) | application id (default: the executable's name) |
+/// | `StarSecret` | [`secret`](Config::secret) | application secret (never sent in plain text) |
+/// | `StarAppName` | [`app_name`](Config::app_name) | display name |
+/// | `StarVersion` | [`version`](Config::version) | application version, dotted numeric |
+///
+/// With no server configured, reports go to the console (stderr).
+pub struct Config {
+    pub(crate) servers: Vec<String>,
+    pub(crate) app_id: Option<String>,
+    pub(crate) secret: Option<String>,
+    pub(crate) app_name: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) period: Duration,
+    pub(crate) first_report_delay: Duration,
+    pub(crate) max_samples: i32,
+    pub(crate) max_errors: i32,
+    pub(crate) timeout: Duration,
+    pub(crate) max_tag_length: i32,
+    pub(crate) excludes: Vec<String>,
+    pub(crate) console: Option<bool>,
+    pub(crate) reporters: Vec<Box<dyn Reporter>>,
+    pub(crate) channel_capacity: usize,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}
+
+impl Config {
+    /// Defaults only (no environment): console reporter, 60 s period, first report 5 s after
+    /// the first span, 1 sample and 10 error samples per operation per period, slow-span
+    /// threshold 5 s, tags cut to 1024 characters.
+    pub fn new() -> Config {
+        Config {
+            servers: Vec::new(),
+            app_id: None,
+            secret: None,
+            app_name: None,
+            version: None,
+            period: Duration::from_secs(60),
+            first_report_delay: Duration::from_secs(5),
+            max_samples: 1,
+            max_errors: 10,
+            timeout: Duration::from_millis(5000),
+            max_tag_length: 1024,
+            excludes: Vec::new(),
+            console: None,
+            reporters: Vec::new(),
+            channel_capacity: 256,
+            shutdown_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Defaults, then the Stardust environment variables (names matched ignoring case).
+    pub fn from_env() -> Config {
+        Config::new().with_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// Applies `StarServer`, `StarAppId`, `StarSecret`, `StarAppName`, `StarVersion` from the
+    /// given pairs (names matched ignoring case; empty values ignored).
+    pub fn with_vars(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Config {
+        for (k, v) in vars {
+            let v = v.trim();
+            if v.is_empty() {
+                continue;
+            }
+            match k.to_ascii_lowercase().as_str() {
+                "starserver" => self = self.server(v),
+                "starappid" => self.app_id = Some(v.to_owned()),
+                "starsecret" => self.secret = Some(v.to_owned()),
+                "starappname" => self.app_name = Some(v.to_owned()),
+                "starversion" => self.version = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        self
+    }
+
+    /// Stardust server URL; a comma-separated list gives fail-over servers.
+    pub fn server(mut self, servers: &str) -> Config {
+        self.servers = servers
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        self
+    }
+
+    /// Application id (the app's name on the Stardust server).
+    pub fn app_id(mut self, app_id: impl Into<String>) -> Config {
+        self.app_id = Some(app_id.into());
+        self
+    }
+
+    /// Application secret. Only its salted hash is ever sent.
+    pub fn secret(mut self, secret: impl Into<String>) -> Config {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// Display name of the application.
+    pub fn app_name(mut self, name: impl Into<String>) -> Config {
+        self.app_name = Some(name.into());
+        self
+    }
+
+    /// Application version, dotted numeric (e.g. `1.2.0`).
+    pub fn version(mut self, version: impl Into<String>) -> Config {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// Report period until the server says otherwise (clamped to 1 s ..= 1 h).
+    pub fn period(mut self, period: Duration) -> Config {
+        self.period = period.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        self
+    }
+
+    /// Delay from the first span to the first report (default 5 s).
+    pub fn first_report_delay(mut self, delay: Duration) -> Config {
+        self.first_report_delay = delay;
+        self
+    }
+
+    /// Normal samples per operation per period (default 1).
+    pub fn max_samples(mut self, n: u32) -> Config {
+        self.max_samples = n.min(1000) as i32;
+        self
+    }
+
+    /// Error samples per operation per period (default 10).
+    pub fn max_errors(mut self, n: u32) -> Config {
+        self.max_errors = n.min(1000) as i32;
+        self
+    }
+
+    /// Spans slower than this are sampled (up to 10× `max_samples`); zero disables.
+    pub fn slow_threshold(mut self, timeout: Duration) -> Config {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Tags are cut to this many characters; zero disables tags.
+    pub fn max_tag_length(mut self, n: u32) -> Config {
+        self.max_tag_length = n.min(1 << 20) as i32;
+        self
+    }
+
+    /// Operation-name patterns (`*`, `?`; whole name, any case) never reported.
+    pub fn excludes<S: Into<String>>(mut self, patterns: impl IntoIterator<Item = S>) -> Config {
+        self.excludes = patterns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Forces the console reporter on or off (default: on when no server and no reporter is
+    /// configured).
+    pub fn console(mut self, on: bool) -> Config {
+        self.console = Some(on);
+        self
+    }
+
+    /// Adds a reporter that receives every period's report.
+    pub fn reporter(mut self, reporter: impl Reporter) -> Config {
+        self.reporters.push(Box::new(reporter));
+        self
+    }
+
+    /// Span batches the channel to the aggregator holds before spans are dropped (default 256
+    /// batches of up to 256 spans).
+    pub fn channel_capacity(mut self, batches: usize) -> Config {
+        self.channel_capacity = batches.max(1);
+        self
+    }
+
+    /// Timeout of each HTTP call to the server (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Config {
+        self.request_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Upper bound for shutdown (last report and logout), default 3 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Config {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("servers", &self.servers)
+            .field("app_id", &self.app_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("app_name", &self.app_name)
+            .field("version", &self.version)
+            .field("period", &self.period)
+            .field("first_report_delay", &self.first_report_delay)
+            .field("max_samples", &self.max_samples)
+            .field("max_errors", &self.max_errors)
+            .field("timeout", &self.timeout)
+            .field("max_tag_length", &self.max_tag_length)
+            .field("excludes", &self.excludes)
+            .field("console", &self.console)
+            .field("reporters", &self.reporters.len())
+            .field("channel_capacity", &self.channel_capacity)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_match_ignoring_case_and_builder_overrides() {
+        let c = Config::new().with_vars([
+            (
+                "STARSERVER".to_owned(),
+                " http://a:6600/ , http://b:6600".to_owned(),
+            ),
+            ("starappid".to_owned(), "app".to_owned()),
+            ("StarSecret".to_owned(), "s3cret".to_owned()),
+            ("StarVersion".to_owned(), "".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ]);
+        assert_eq!(c.servers, ["http://a:6600", "http://b:6600"]);
+        assert_eq!(c.app_id.as_deref(), Some("app"));
+        assert_eq!(c.version, None);
+        let c = c.app_id("other");
+        assert_eq!(c.app_id.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let c = Config::new().secret("hunter2");
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,281 @@
+//! Span contexts that cross threads and processes: capture the current span on one thread and
+//! continue it on another; read one from incoming headers, write one into outgoing headers.
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::id::{ParentId, SpanId, TraceId};
+use crate::propagation::{self, Extractor, Injector};
+use crate::span::{
+    self, Extra, FLAG_ABANDONED, FLAG_CONTEXT, FLAG_SAMPLED, FLAGS_PROPAGATED, Name, OpenSpan,
+    Origin, SpanGuard, SpanKind,
+};
+
+/// A span's identity as its children elsewhere see it: trace id, the parent span for spans
+/// opened from it, trace flags and the W3C `tracestate`. `Send + Clone`; cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub(crate) trace_id: TraceId,
+    /// The span that children of this context get as parent.
+    pub(crate) parent: ParentId,
+    pub(crate) flags: u8,
+    pub(crate) tracestate: Option<Arc<str>>,
+}
+
+fn to_name(name: Cow<'static, str>) -> Name {
+    match name {
+        Cow::Borrowed(s) => Name::Static(s),
+        Cow::Owned(s) => Name::Owned(s.into_boxed_str()),
+    }
+}
+
+impl SpanContext {
+    /// Reads a context from incoming headers: `traceparent` (+ `tracestate`), `Request-Id`,
+    /// `Eagleeye-Traceid` or `TraceId`, the first valid one in that order. Invalid headers are
+    /// ignored: `None` means "start a new trace".
+    pub fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
+        let remote = propagation::extract(headers)?;
+        Some(SpanContext {
+            trace_id: remote.trace_id,
+            parent: remote.parent,
+            flags: remote.flags & FLAGS_PROPAGATED,
+            tracestate: remote.tracestate.map(Arc::from),
+        })
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> &TraceId {
+        &self.trace_id
+    }
+
+    /// The id of the span this context continues (the parent of spans opened from it), when
+    /// it is a 16-hex span id.
+    pub fn span_id(&self) -> Option<SpanId> {
+        match self.parent {
+            ParentId::Span(v) => SpanId::from_u64(v),
+            _ => None,
+        }
+    }
+
+    /// The parent id as text, whatever its form (`None` when there is none).
+    pub fn parent_id(&self) -> Option<String> {
+        match &self.parent {
+            ParentId::None => None,
+            ParentId::Span(v) => Some(format!("{v:016x}")),
+            ParentId::Verbatim(s) => Some(s.to_string()),
+        }
+    }
+
+    /// True when the trace is force-sampled (TraceFlag 1).
+    pub fn is_sampled(&self) -> bool {
+        self.flags & FLAG_SAMPLED != 0
+    }
+
+    /// Trace flags as sent in `traceparent` (bit 0 sampled, bit 1 random).
+    pub fn flags(&self) -> u8 {
+        self.flags & FLAGS_PROPAGATED
+    }
+
+    /// The W3C `tracestate` received with this trace, if any.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
+    }
+
+    /// Opens a span named `name` as a child of this context on the calling thread and makes
+    /// it current until the guard is dropped.
+    pub fn child(&self, name: impl Into<Cow<'static, str>>) -> SpanGuard {
+        self.child_of_kind(name.into(), SpanKind::Local)
+    }
+
+    pub(crate) fn child_of_kind(&self, name: Cow<'static, str>, kind: SpanKind) -> SpanGuard {
+        if !crate::collector::enabled() {
+            return SpanGuard::disabled();
+        }
+        span::open(to_name(name), Origin::Remote(self), None, kind)
+    }
+
+    /// Makes this context the parent of the spans opened on this thread until the returned
+    /// guard is dropped. Attaching records no span of its own.
+    pub fn attach(&self) -> AttachGuard {
+        let id = crate::id::random_u64();
+        let (parent, remote_parent) = match &self.parent {
+            ParentId::None => (0, None),
+            ParentId::Span(v) => (*v, None),
+            ParentId::Verbatim(s) => (0, Some(s.clone())),
+        };
+        let extra = (remote_parent.is_some() || self.tracestate.is_some()).then(|| {
+            Box::new(Extra {
+                remote_parent,
+                tracestate: self.tracestate.clone(),
+                ..Default::default()
+            })
+        });
+        let frame = OpenSpan {
+            name: Name::Static(""),
+            trace: self.trace_id.clone(),
+            span_id: id,
+            parent,
+            start: 0,
+            value: 0,
+            flags: (self.flags & FLAGS_PROPAGATED) | FLAG_CONTEXT | FLAG_ABANDONED,
+            kind: SpanKind::Local,
+            extra,
+        };
+        let pushed = span::with_local(|local| local.stack.push(frame)).is_some();
+        AttachGuard {
+            id: if pushed { id } else { 0 },
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Writes `traceparent` (and `tracestate`) for this context into outgoing headers, never
+    /// overwriting a header already set. Use [`SpanGuard::inject`] to send an exit span's id.
+    pub fn inject(&self, headers: &mut (impl Injector + ?Sized)) {
+        let span = match &self.parent {
+            ParentId::Span(v) => SpanId(*v),
+            _ => SpanId::random(),
+        };
+        propagation::inject(
+            headers,
+            &self.trace_id,
+            span,
+            self.flags,
+            self.tracestate.as_deref(),
+        );
+    }
+
+    /// Wraps `f` so that, wherever it runs, spans it opens are children of this context.
+    pub fn wrap<R>(self, f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+        move || {
+            let _attached = self.attach();
+            f()
+        }
+    }
+}
+
+/// Keeps a [`SpanContext`] attached to this thread; dropping it detaches.
+#[must_use = "the context is detached when the guard is dropped"]
+pub struct AttachGuard {
+    id: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for AttachGuard {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            span::close(self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for AttachGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttachGuard")
+    }
+}
+
+/// The context a child of `span` gets: the span itself, or for an attached context frame the
+/// context it stands for.
+pub(crate) fn context_of(s: &OpenSpan) -> SpanContext {
+    let tracestate = s.extra.as_ref().and_then(|e| e.tracestate.clone());
+    let parent = if s.flags & FLAG_CONTEXT == 0 {
+        ParentId::Span(s.span_id)
+    } else if s.parent != 0 {
+        ParentId::Span(s.parent)
+    } else if let Some(r) = s.extra.as_ref().and_then(|e| e.remote_parent.clone()) {
+        ParentId::Verbatim(r)
+    } else {
+        ParentId::None
+    };
+    SpanContext {
+        trace_id: s.trace.clone(),
+        parent,
+        flags: s.flags & FLAGS_PROPAGATED,
+        tracestate,
+    }
+}
+
+/// The thread's current span as a [`SpanContext`], to continue it on another thread.
+///
+/// ```
+/// let _g = stardust_runtime::init_with(stardust_runtime::Config::new().console(false)).unwrap();
+/// let _root = stardust_runtime::span("root");
+/// let ctx = stardust_runtime::capture().expect("inside a span");
+/// std::thread::spawn(move || {
+///     let _child = ctx.child("work");
+/// })
+/// .join()
+/// .unwrap();
+/// ```
+pub fn capture() -> Option<SpanContext> {
+    span::with_current(|s| context_of(s))
+}
+
+/// Wraps `f` so that spans it opens, on whatever thread it runs, are children of the current
+/// span (when there is one).
+pub fn wrap<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let ctx = capture();
+    move || {
+        let _attached = ctx.as_ref().map(SpanContext::attach);
+        f()
+    }
+}
+
+/// `std::thread::spawn` whose thread continues the current span: spans opened on the new
+/// thread are its children.
+pub fn spawn<F, R>(f: F) -> std::thread::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    std::thread::spawn(wrap(f))
+}
+
+impl SpanGuard {
+    /// This span's context, to continue it elsewhere (`None` for an inert guard).
+    pub fn context(&self) -> Option<SpanContext> {
+        if !self.is_recording() {
+            return None;
+        }
+        span::with_span(self.raw_id(), |s| context_of(s))
+    }
+
+    /// Writes this span's `traceparent` (and `tracestate`) into outgoing headers, never
+    /// overwriting a header already set. On an inert guard it writes nothing.
+    pub fn inject(&self, headers: &mut (impl Injector + ?Sized)) {
+        if let Some(ctx) = self.context() {
+            ctx.inject(headers);
+        }
+    }
+}
+
+/// Opens an entry span: the handling of an incoming request whose headers may carry the
+/// caller's context. With a valid context the span continues the caller's trace; otherwise
+/// (no header, or an invalid one) it starts a new trace. Never fails.
+pub fn entry_span(
+    name: impl Into<Cow<'static, str>>,
+    headers: &(impl Extractor + ?Sized),
+) -> SpanGuard {
+    if !crate::collector::enabled() {
+        return SpanGuard::disabled();
+    }
+    match SpanContext::extract(headers) {
+        Some(ctx) => ctx.child_of_kind(name.into(), SpanKind::Entry),
+        None => span::open(to_name(name.into()), Origin::Current, None, SpanKind::Entry),
+    }
+}
+
+/// Opens an exit span: an outgoing call to `peer` (`host:port`). Write its context into the
+/// request with [`SpanGuard::inject`].
+pub fn exit_span(name: impl Into<Cow<'static, str>>, peer: &str) -> SpanGuard {
+    if !crate::collector::enabled() {
+        return SpanGuard::disabled();
+    }
+    let guard = span::open(to_name(name.into()), Origin::Current, None, SpanKind::Exit);
+    if guard.is_recording() {
+        let peer: Arc<str> = Arc::from(peer);
+        span::with_span(guard.raw_id(), |s| s.extra_mut().peer = Some(peer));
+    }
+    guard
+}

@@ -1,0 +1,253 @@
+//! Starting and stopping the runtime: `init`, `Guard`, `flush`.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::aggregator::{Aggregator, Identity};
+use crate::clock;
+use crate::collector::{self, ENABLED, GENERATION, Msg};
+use crate::config::Config;
+use crate::console::ConsoleReporter;
+use crate::settings::SETTINGS;
+use crate::span;
+use crate::stardust::{StardustOptions, StardustSink};
+use crate::sysinfo;
+use crate::uploader::{Sink, Uploader, UserReporter};
+
+/// Why `init` failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The runtime is already running; drop its [`Guard`] first.
+    AlreadyInitialized,
+    /// A configuration value is unusable.
+    InvalidConfig(String),
+    /// A background thread could not be started.
+    Spawn(std::io::Error),
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InitError::AlreadyInitialized => {
+                f.write_str("stardust runtime is already initialised (drop its Guard first)")
+            }
+            InitError::InvalidConfig(why) => write!(f, "invalid stardust configuration: {why}"),
+            InitError::Spawn(e) => write!(f, "cannot start a stardust thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InitError::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+struct Running {
+    tx: Sender<Msg>,
+    threads: Vec<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
+
+/// Keeps the runtime running. Dropping it reports the last period and stops the background
+/// threads, within the configured shutdown timeout (default 3 s) even when a server hangs.
+#[must_use = "the runtime shuts down when the Guard is dropped"]
+pub struct Guard {
+    _private: (),
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Guard")
+    }
+}
+
+impl Guard {
+    /// Cuts the current period now and waits (bounded) until the reporters have handled it.
+    pub fn flush(&self) -> bool {
+        flush()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        shutdown();
+    }
+}
+
+/// Starts the runtime with [`Config::from_env`]. See [`init_with`].
+pub fn init() -> Result<Guard, InitError> {
+    init_with(Config::from_env())
+}
+
+/// Starts the runtime: the aggregator and uploader threads, and the reporters. Never blocks on
+/// the network. Returns [`InitError::AlreadyInitialized`] while another [`Guard`] is alive.
+pub fn init_with(config: Config) -> Result<Guard, InitError> {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if running.is_some() {
+        return Err(InitError::AlreadyInitialized);
+    }
+    for s in &config.servers {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            return Err(InitError::InvalidConfig(format!(
+                "server `{s}` is not an http:// or https:// URL"
+            )));
+        }
+    }
+    clock::init();
+    clock::set_server_offset_ms(0);
+    SETTINGS
+        .max_samples
+        .store(config.max_samples, Ordering::Relaxed);
+    SETTINGS
+        .max_errors
+        .store(config.max_errors, Ordering::Relaxed);
+    SETTINGS.timeout_ms.store(
+        config.timeout.as_millis().min(i32::MAX as u128) as i32,
+        Ordering::Relaxed,
+    );
+    SETTINGS
+        .max_tag_length
+        .store(config.max_tag_length, Ordering::Relaxed);
+    SETTINGS.period_secs.store(
+        config.period.as_secs().clamp(1, 3600) as u32,
+        Ordering::Relaxed,
+    );
+    SETTINGS.set_excludes(config.excludes.clone());
+    collector::reset_dropped();
+
+    let identity = Identity {
+        app_id: config.app_id.clone().unwrap_or_else(sysinfo::process_name),
+        app_name: config.app_name.clone(),
+        client_id: format!("{}@{}", sysinfo::primary_ipv4(), std::process::id()),
+        version: config
+            .version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+    };
+
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let console = config
+        .console
+        .unwrap_or(config.servers.is_empty() && config.reporters.is_empty());
+    if console {
+        sinks.push(Box::new(ConsoleReporter::new()));
+    }
+    if !config.servers.is_empty() {
+        sinks.push(Box::new(StardustSink::new(StardustOptions {
+            servers: config.servers.clone(),
+            app_id: identity.app_id.clone(),
+            app_name: identity.app_name.clone(),
+            secret: config.secret.clone(),
+            version: identity.version.clone(),
+            client_id: identity.client_id.clone(),
+            request_timeout: config.request_timeout,
+        })));
+    }
+    let Config {
+        reporters,
+        channel_capacity,
+        shutdown_timeout,
+        first_report_delay,
+        ..
+    } = config;
+    sinks.extend(
+        reporters
+            .into_iter()
+            .map(|r| Box::new(UserReporter(r)) as Box<dyn Sink>),
+    );
+
+    let (tx, rx) = crossbeam_channel::bounded::<Msg>(channel_capacity);
+    let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
+    let uploader = Uploader {
+        rx: up_rx,
+        sinks,
+        shutdown_timeout,
+    };
+    let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay);
+
+    let up_thread = std::thread::Builder::new()
+        .name("stardust-uploader".into())
+        .spawn(move || uploader.run())
+        .map_err(InitError::Spawn)?;
+    let agg_thread = std::thread::Builder::new()
+        .name("stardust-aggregator".into())
+        .spawn(move || aggregator.run())
+        .map_err(InitError::Spawn)?;
+
+    let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
+    collector::install(generation, tx.clone());
+    ENABLED.store(true, Ordering::Release);
+    *running = Some(Running {
+        tx,
+        threads: vec![agg_thread, up_thread],
+        shutdown_timeout,
+    });
+    Ok(Guard { _private: () })
+}
+
+/// Cuts the current period now: every span finished before this call (on any thread whose
+/// outermost span has closed, and on this thread) is reported. Waits until the reporters have
+/// handled it, at most the shutdown timeout. Returns false when the runtime is not running or
+/// the wait timed out.
+pub fn flush() -> bool {
+    span::flush_thread();
+    let (tx, timeout) = {
+        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        match running.as_ref() {
+            Some(r) => (r.tx.clone(), r.shutdown_timeout),
+            None => return false,
+        }
+    };
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    if tx.send_deadline(Msg::Flush(reply_tx), deadline).is_err() {
+        return false;
+    }
+    reply_rx.recv_deadline(deadline).is_ok()
+}
+
+fn shutdown() {
+    span::flush_thread();
+    let Some(running) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    ENABLED.store(false, Ordering::Release);
+    let deadline = Instant::now() + running.shutdown_timeout;
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    let replied = running
+        .tx
+        .send_deadline(
+            Msg::Shutdown(reply_tx, deadline - Duration::from_millis(50)),
+            deadline,
+        )
+        .is_ok()
+        && reply_rx.recv_deadline(deadline).is_ok();
+    collector::uninstall();
+    drop(running.tx);
+    if replied {
+        for t in running.threads {
+            let _ = t.join();
+        }
+    } else {
+        log::warn!(
+            "stardust: shutdown did not finish within {:?}; background threads left to end on their own",
+            running.shutdown_timeout
+        );
+    }
+    let dropped = collector::DROPPED.load(Ordering::Relaxed);
+    if dropped > 0 {
+        log::warn!("stardust: {dropped} spans were dropped because the span channel was full");
+    }
+}

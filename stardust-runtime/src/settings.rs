@@ -1,0 +1,73 @@
+//! Sampling and reporting settings shared by the span hot path, the aggregator and the
+//! uploader. Values start from the `Config` and are replaced by what the server sends back.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+pub(crate) struct Settings {
+    /// Normal samples per builder per period; also how many root spans per name per period
+    /// get TraceFlag 1.
+    pub max_samples: AtomicI32,
+    /// Error samples per builder per period.
+    pub max_errors: AtomicI32,
+    /// Spans slower than this (ms) are force-sampled; 0 disables.
+    pub timeout_ms: AtomicI32,
+    /// Tags are cut to this many characters; ≤ 0 disables tags.
+    pub max_tag_length: AtomicI32,
+    /// Report period, seconds.
+    pub period_secs: AtomicU32,
+    /// Builder-name wildcard patterns dropped at report time.
+    pub excludes: Mutex<Vec<String>>,
+}
+
+pub(crate) static SETTINGS: Settings = Settings {
+    max_samples: AtomicI32::new(1),
+    max_errors: AtomicI32::new(10),
+    timeout_ms: AtomicI32::new(5000),
+    max_tag_length: AtomicI32::new(1024),
+    period_secs: AtomicU32::new(60),
+    excludes: Mutex::new(Vec::new()),
+};
+
+/// A plain copy of the settings, read once per batch by the aggregator.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Snapshot {
+    pub max_samples: i32,
+    pub max_errors: i32,
+    pub timeout_ms: i32,
+    pub max_tag_length: i32,
+}
+
+impl Settings {
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            max_samples: self.max_samples.load(Ordering::Relaxed),
+            max_errors: self.max_errors.load(Ordering::Relaxed),
+            timeout_ms: self.timeout_ms.load(Ordering::Relaxed),
+            max_tag_length: self.max_tag_length.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn excludes(&self) -> Vec<String> {
+        self.excludes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_excludes(&self, list: Vec<String>) {
+        *self.excludes.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    pub(crate) fn for_tests(max_samples: i32, max_errors: i32, timeout_ms: i32) -> Snapshot {
+        Snapshot {
+            max_samples,
+            max_errors,
+            timeout_ms,
+            max_tag_length: 1024,
+        }
+    }
+}

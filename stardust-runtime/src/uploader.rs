@@ -1,0 +1,127 @@
+//! The uploader thread: receives each period's `TraceModel` from the aggregator and hands it to
+//! the reporters (console, Stardust server, user reporters). It runs apart from the
+//! aggregator so a slow server never stops the span channel from being drained.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::model::TraceModel;
+
+/// Messages to the uploader thread.
+pub(crate) enum UpMsg {
+    Model(TraceModel),
+    /// A forced cut (maybe empty); reply once the reporters have handled it.
+    Flush(Option<TraceModel>, Sender<()>),
+    /// The last cut; report it, stop the reporters (by the deadline), reply, exit.
+    Shutdown(Option<TraceModel>, Sender<()>, Instant),
+}
+
+/// Receives every period's report. Implement it to send reports somewhere of your own; add it
+/// with [`Config::reporter`](crate::Config::reporter). Called on the runtime's uploader thread.
+pub trait Reporter: Send + 'static {
+    /// One period's aggregated spans.
+    fn report(&mut self, model: &TraceModel);
+
+    /// Called once after the last report, at shutdown.
+    fn shutdown(&mut self) {}
+}
+
+/// What the uploader thread drives. Internal reporters also get periodic work and deadlines.
+pub(crate) trait Sink: Send {
+    fn report(&mut self, model: &TraceModel);
+    /// Periodic work (pings, retries); returns when it wants to run next.
+    fn tick(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
+    /// A forced cut: report `model` (if any) and finish pending work before `deadline`.
+    fn flush(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.report(m);
+        }
+    }
+    /// The last cut: report it, deliver what is pending and stop, before `deadline`.
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.report(m);
+        }
+    }
+}
+
+pub(crate) struct UserReporter(pub Box<dyn Reporter>);
+
+impl Sink for UserReporter {
+    fn report(&mut self, model: &TraceModel) {
+        self.0.report(model);
+    }
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.0.report(m);
+        }
+        self.0.shutdown();
+    }
+}
+
+pub(crate) struct Uploader {
+    pub rx: Receiver<UpMsg>,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub shutdown_timeout: Duration,
+}
+
+impl Uploader {
+    pub(crate) fn run(mut self) {
+        let mut next_tick: Option<Instant> = self.tick();
+        loop {
+            let msg = match next_tick {
+                Some(at) => match self
+                    .rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        next_tick = self.tick();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            match msg {
+                UpMsg::Model(model) => self.report(&model),
+                UpMsg::Flush(model, reply) => {
+                    let deadline = Instant::now() + self.shutdown_timeout;
+                    for s in &mut self.sinks {
+                        s.flush(model.as_ref(), deadline);
+                    }
+                    let _ = reply.send(());
+                }
+                UpMsg::Shutdown(model, reply, deadline) => {
+                    for s in &mut self.sinks {
+                        s.shutdown(model.as_ref(), deadline);
+                    }
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+            next_tick = self.tick();
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        for s in &mut self.sinks {
+            s.shutdown(None, deadline);
+        }
+    }
+
+    fn report(&mut self, model: &TraceModel) {
+        for s in &mut self.sinks {
+            s.report(model);
+        }
+    }
+
+    fn tick(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        self.sinks.iter_mut().filter_map(|s| s.tick(now)).min()
+    }
+}

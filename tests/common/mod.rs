@@ -1,0 +1,40 @@
+//! Shared helpers for the end-to-end tests: a reporter that hands every period's model to the
+//! test, and a lock that keeps runtime-initialising tests of one binary from overlapping.
+
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use stardust_runtime::{Reporter, TraceModel};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Only one test of a binary may run the (process-global) runtime at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends each report to the test.
+pub struct Capture(pub Sender<TraceModel>);
+
+impl Reporter for Capture {
+    fn report(&mut self, model: &TraceModel) {
+        let _ = self.0.send(model.clone());
+    }
+}
+
+pub fn capture() -> (Capture, Receiver<TraceModel>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (Capture(tx), rx)
+}
+
+/// Every model received so far, merged by builder name is up to the caller.
+pub fn drain(rx: &Receiver<TraceModel>) -> Vec<TraceModel> {
+    let mut out = Vec::new();
+    while let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) {
+        out.push(m);
+    }
+    out
+}

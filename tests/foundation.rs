@@ -1,0 +1,374 @@
+//! End to end: traced functions on several threads (errors, slow calls, panics, async), one
+//! forced period cut, and the exact `TraceModel` that comes out.
+
+mod common;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use stardust_runtime::{Config, SpanBuilderModel, TraceModel, trace};
+
+#[trace("e2e/work")]
+fn work(i: u32) -> Result<u32, String> {
+    if i % 5 == 0 {
+        return Err(format!("bad input {i}"));
+    }
+    let v = parse(i)?;
+    Ok(v + 1)
+}
+
+#[derive(Debug)]
+struct ParseError(u32);
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot parse {}", self.0)
+    }
+}
+
+impl From<ParseError> for String {
+    fn from(e: ParseError) -> String {
+        e.to_string()
+    }
+}
+
+#[trace("e2e/parse")]
+fn parse(i: u32) -> Result<u32, ParseError> {
+    if i % 7 == 0 {
+        Err(ParseError(i))
+    } else {
+        Ok(i)
+    }
+}
+
+#[trace("e2e/slow")]
+fn slow() {
+    std::thread::sleep(Duration::from_millis(30));
+}
+
+#[trace("e2e/boom")]
+fn boom(i: u32) -> u32 {
+    if i % 2 == 0 {
+        panic!("boom {i}");
+    }
+    i
+}
+
+#[trace("e2e/outer")]
+fn outer() -> (String, String) {
+    let trace = stardust_runtime::current_trace_id().unwrap().to_string();
+    let span = stardust_runtime::current_span_id().unwrap().to_string();
+    inner();
+    (trace, span)
+}
+
+#[trace("e2e/inner")]
+fn inner() {}
+
+#[trace("e2e/async_outer")]
+async fn async_outer() -> u32 {
+    let a = async_leaf(1).await;
+    Yield(false).await;
+    let b = async_leaf(2).await;
+    a + b
+}
+
+#[trace("e2e/async_leaf")]
+async fn async_leaf(x: u32) -> u32 {
+    Yield(false).await;
+    x
+}
+
+/// Returns Pending once, so the span is polled more than once.
+struct Yield(bool);
+
+impl Future for Yield {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+}
+
+struct NoopWake;
+impl Wake for NoopWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn merged(models: &[TraceModel]) -> HashMap<String, SpanBuilderModel> {
+    let mut out: HashMap<String, SpanBuilderModel> = HashMap::new();
+    for m in models {
+        for b in &m.builders {
+            let e = out
+                .entry(b.name.clone())
+                .or_insert_with(|| SpanBuilderModel {
+                    name: b.name.clone(),
+                    min_cost: -1,
+                    ..Default::default()
+                });
+            e.total += b.total;
+            e.errors += b.errors;
+            e.cost += b.cost;
+            e.max_cost = e.max_cost.max(b.max_cost);
+            e.min_cost = if e.min_cost < 0 {
+                b.min_cost
+            } else {
+                e.min_cost.min(b.min_cost)
+            };
+            e.samples = match (e.samples.take(), b.samples.clone()) {
+                (Some(mut a), Some(b)) => {
+                    a.extend(b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            e.error_samples = match (e.error_samples.take(), b.error_samples.clone()) {
+                (Some(mut a), Some(b)) => {
+                    a.extend(b);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    out
+}
+
+#[test]
+fn one_period_on_several_threads_is_counted_exactly() {
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .app_id("e2e")
+            .reporter(capture)
+            .max_samples(2)
+            .max_errors(3)
+            .slow_threshold(Duration::from_millis(20))
+            .period(Duration::from_secs(3600))
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .unwrap();
+
+    const THREADS: u32 = 4;
+    const CALLS: u32 = 50;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..CALLS {
+                    let _ = work(t * CALLS + i + 1);
+                }
+                slow();
+                for i in 0..4 {
+                    let r = std::panic::catch_unwind(|| boom(i));
+                    assert_eq!(r.is_err(), i % 2 == 0);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(guard.flush());
+    let models = common::drain(&rx);
+    assert_eq!(models.len(), 1, "one forced cut, one model");
+    let model = &models[0];
+    assert_eq!(model.app_id, "e2e");
+    assert!(model.client_id.as_deref().unwrap().contains('@'));
+    assert!(!model.version.as_deref().unwrap().is_empty());
+
+    let by = merged(&models);
+    let n = THREADS * CALLS;
+    let values = 1..=n;
+    let work_errors = values
+        .clone()
+        .filter(|i| i % 5 == 0 || (i % 7 == 0))
+        .count() as i32;
+    let parse_calls = values.clone().filter(|i| i % 5 != 0).count() as i32;
+    let parse_errors = values.filter(|i| i % 5 != 0 && i % 7 == 0).count() as i32;
+
+    let w = &by["e2e/work"];
+    assert_eq!(w.total, n as i32);
+    assert_eq!(w.errors, work_errors);
+    assert_eq!(
+        w.error_samples.as_ref().unwrap().len(),
+        3,
+        "MaxErrors error samples"
+    );
+    let texts: Vec<_> = w
+        .error_samples
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| s.error.clone().unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .all(|t| t.starts_with("bad input") || t.starts_with("cannot parse")),
+        "{texts:?}"
+    );
+
+    let p = &by["e2e/parse"];
+    assert_eq!(p.total, parse_calls);
+    assert_eq!(p.errors, parse_errors);
+    // `?` propagated the parse error through `work`: both spans carry it.
+    let parse_err = &p.error_samples.as_ref().unwrap()[0];
+    assert!(
+        parse_err
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("cannot parse")
+    );
+    assert!(parse_err.parent_id.is_some(), "parse is a child of work");
+
+    let s = &by["e2e/slow"];
+    assert_eq!((s.total, s.errors), (THREADS as i32, 0));
+    assert!(s.min_cost >= 29 && s.max_cost < 2000, "{s:?}");
+    assert!(s.cost >= 29 * THREADS as i64);
+    // All four are slower than the 20 ms threshold: sampled up to 10 × MaxSamples.
+    assert_eq!(s.samples.as_ref().unwrap().len(), THREADS as usize);
+
+    let b = &by["e2e/boom"];
+    assert_eq!(
+        (b.total, b.errors),
+        (4 * THREADS as i32, 2 * THREADS as i32)
+    );
+    assert!(
+        b.error_samples
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|s| s.error.as_deref() == Some("panicked"))
+    );
+
+    for b in &model.builders {
+        assert!(b.errors <= b.total);
+        assert!(
+            b.min_cost >= 0
+                && b.min_cost <= b.max_cost
+                && b.max_cost as i64 <= b.cost.max(b.max_cost as i64)
+        );
+        assert!(b.start_time <= b.end_time);
+        assert!(b.start_time > 1_600_000_000_000, "Unix ms");
+    }
+    drop(guard);
+}
+
+#[test]
+fn parents_and_trace_ids_link_in_sync_and_async_code() {
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .reporter(capture)
+            .max_samples(100)
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .unwrap();
+
+    let (trace, outer_id) = outer();
+    assert_eq!(trace.len(), 32);
+    assert_eq!(outer_id.len(), 16);
+    assert!(
+        stardust_runtime::current_span_id().is_none(),
+        "outer closed"
+    );
+    assert_eq!(block_on(async_outer()), 3);
+
+    // A future dropped before completion records `cancelled`.
+    {
+        let waker = Waker::from(Arc::new(NoopWake));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = Box::pin(async_leaf(9));
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        drop(f);
+    }
+
+    assert!(guard.flush());
+    let by = merged(&common::drain(&rx));
+
+    let o = &by["e2e/outer"].samples.as_ref().unwrap()[0];
+    let i = &by["e2e/inner"].samples.as_ref().unwrap()[0];
+    assert_eq!(o.trace_id, trace);
+    assert_eq!(o.id, outer_id);
+    assert_eq!(o.parent_id, None);
+    assert_eq!(i.trace_id, trace);
+    assert_eq!(i.parent_id.as_deref(), Some(outer_id.as_str()));
+    assert_eq!(
+        o.trace_flag, 1,
+        "first spans of a name per period are force-sampled"
+    );
+    assert_eq!(i.trace_flag, 1, "children inherit the flag");
+
+    let ao = &by["e2e/async_outer"].samples.as_ref().unwrap()[0];
+    let leaf = &by["e2e/async_leaf"];
+    assert_eq!(leaf.total, 3);
+    assert_eq!(leaf.errors, 1);
+    assert_eq!(
+        leaf.error_samples.as_ref().unwrap()[0].error.as_deref(),
+        Some("cancelled")
+    );
+    let children: Vec<_> = leaf.samples.as_ref().unwrap().iter().collect();
+    assert_eq!(children.len(), 2);
+    for c in children {
+        assert_eq!(c.trace_id, ao.trace_id);
+        assert_eq!(c.parent_id.as_deref(), Some(ao.id.as_str()));
+    }
+    assert_ne!(ao.trace_id, trace, "a new root starts a new trace");
+    drop(guard);
+}
+
+#[test]
+fn second_init_is_an_error_and_reinit_after_drop_works() {
+    let _serial = common::serial();
+    let g = stardust_runtime::init_with(Config::new().console(false)).unwrap();
+    let err = stardust_runtime::init_with(Config::new().console(false)).unwrap_err();
+    assert!(matches!(
+        err,
+        stardust_runtime::InitError::AlreadyInitialized
+    ));
+    assert!(err.to_string().contains("already"));
+    drop(g);
+    assert!(
+        !stardust_runtime::flush(),
+        "nothing runs after the guard is dropped"
+    );
+    let g = stardust_runtime::init_with(Config::new().console(false)).unwrap();
+    assert!(g.flush());
+}
+
+#[test]
+fn before_init_traced_calls_record_nothing() {
+    let _serial = common::serial();
+    let span = stardust_runtime::span("not-initialised");
+    assert!(!span.is_recording());
+    assert_eq!(work(1), Ok(2));
+    drop(span);
+    // Spans made before init are not delivered to a runtime started later.
+    let (capture, rx) = common::capture();
+    let g = stardust_runtime::init_with(Config::new().reporter(capture)).unwrap();
+    assert!(g.flush());
+    assert!(common::drain(&rx).is_empty());
+}

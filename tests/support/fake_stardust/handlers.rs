@@ -1,0 +1,751 @@
+//! Endpoint logic (runs on the tiny_http backend).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use super::auth::{self, TokenClaims, TokenError};
+use super::model::{self, Binding, get_ci, str_ci};
+use super::{
+    Endpoint, Fault, LoginRecord, LogoutRecord, PingRecord, RecordedRequest, RecordedResponse,
+    ReportRecord, Shared, WrongSecret, checks, lock, random_alnum, random_u64,
+};
+
+pub(crate) struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            content_type: Some("text/plain; charset=utf-8".into()),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+    fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            content_type: None,
+            body: Vec::new(),
+        }
+    }
+    fn problem_400(detail: &str) -> Reply {
+        let body = json!({
+            "type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+            "title": "One or more validation errors occurred.",
+            "status": 400,
+            "errors": {"": [detail]},
+            "traceId": format!("00-{}-{}-00", trace_id(), &trace_id()[..16]),
+        });
+        Reply {
+            status: 400,
+            content_type: Some("application/problem+json; charset=utf-8".into()),
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+fn trace_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// Parsed view of an incoming request.
+pub(crate) struct Incoming {
+    pub seq: u64,
+    pub endpoint: Endpoint,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub fault: Option<Fault>,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name)
+    }
+}
+
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        percent_decode(k)
+            .eq_ignore_ascii_case(name)
+            .then(|| percent_decode(v))
+    })
+}
+
+pub(crate) fn split_target(target: &str) -> (String, String) {
+    match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target.to_string(), String::new()),
+    }
+}
+
+pub(crate) fn is_gzip(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] == 0x1f && b[1] == 0x8b
+}
+
+pub(crate) fn gunzip(b: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("gzip: {e}"))?;
+    Ok(out)
+}
+
+/// JSON view of a body (gunzipped for ReportRaw with the exact gzip content type).
+pub(crate) fn body_json(
+    endpoint: Endpoint,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Option<Value> {
+    if endpoint == Endpoint::ReportRaw && content_type == Some("application/x-gzip") {
+        return serde_json::from_slice(&gunzip(body).ok()?).ok();
+    }
+    if is_gzip(body) {
+        return serde_json::from_slice(&gunzip(body).ok()?).ok();
+    }
+    serde_json::from_slice(body).ok()
+}
+
+/// Record a request (and its violations); returns its seq.
+pub(crate) fn record_incoming(
+    sh: &Shared,
+    method: &str,
+    target: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    peer: Option<SocketAddr>,
+    fault: Option<Fault>,
+) -> u64 {
+    let seq = sh
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (path, query) = split_target(target);
+    let endpoint = Endpoint::from_path(&path);
+    let ct = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone());
+    let json = body_json(endpoint, ct.as_deref(), &body);
+    let inc = Incoming {
+        seq,
+        endpoint,
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+        fault: fault.clone(),
+    };
+    let violations = {
+        let cfg = lock(&sh.cfg);
+        checks::check(&cfg, &inc, json.as_ref())
+    };
+    let rr = RecordedRequest {
+        seq,
+        endpoint,
+        method: method.to_string(),
+        path,
+        query,
+        headers,
+        body,
+        json,
+        received_at: SystemTime::now(),
+        received_instant: Instant::now(),
+        peer,
+        fault,
+        response: None,
+    };
+    sh.with_rec(|r| {
+        r.requests.push(rr);
+        r.violations.extend(violations);
+    });
+    seq
+}
+
+/// Handle one request from the backend server.
+pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
+    let pending = rq
+        .remote_addr()
+        .and_then(|a| lock(&sh.pending).remove(&a.port()));
+    let (fault, peer) = pending.map(|p| (p.fault, p.peer)).unwrap_or((None, None));
+    let method = rq.method().to_string();
+    let target = rq.url().to_string();
+    let headers: Vec<(String, String)> = rq
+        .headers()
+        .iter()
+        .map(|h| {
+            (
+                h.field.to_string().to_ascii_lowercase(),
+                h.value.to_string(),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    let _ = rq.as_reader().read_to_end(&mut body);
+    let seq = record_incoming(
+        sh,
+        &method,
+        &target,
+        headers.clone(),
+        body.clone(),
+        peer,
+        fault.clone(),
+    );
+    let (path, query) = split_target(&target);
+    let inc = Incoming {
+        seq,
+        endpoint: Endpoint::from_path(&path),
+        method,
+        path,
+        query,
+        headers,
+        body,
+        fault: fault.clone(),
+    };
+
+    match &fault {
+        Some(Fault::Slow(d)) if !sh.sleep(*d) => return,
+        Some(Fault::Hang) if !sh.hang() => return,
+        _ => {}
+    }
+    let reply = match &fault {
+        Some(Fault::Status { status, body }) => Reply::text(*status, body),
+        Some(Fault::Code { code, message }) => envelope_err(sh, *code, message, true),
+        Some(Fault::Raw {
+            status,
+            content_type,
+            body,
+        }) => Reply {
+            status: *status,
+            content_type: Some(content_type.clone()),
+            body: body.clone(),
+        },
+        _ => route(sh, &inc),
+    };
+    let json = serde_json::from_slice(&reply.body).ok();
+    let rec_resp = RecordedResponse {
+        status: reply.status,
+        body: reply.body.clone(),
+        json,
+    };
+    sh.with_rec(|r| {
+        if let Some(q) = r.requests.iter_mut().rev().find(|q| q.seq == seq) {
+            q.response = Some(rec_resp);
+        }
+    });
+    let mut resp = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    let ct_header = reply
+        .content_type
+        .and_then(|ct| tiny_http::Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).ok());
+    if let Some(h) = ct_header {
+        resp = resp.with_header(h);
+    }
+    let _ = rq.respond(resp);
+}
+
+// ---- envelopes ---------------------------------------------------------------------------------
+
+fn pascalize(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let mut c = k.chars();
+                    let k = match c.next() {
+                        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+                        None => k,
+                    };
+                    (k, pascalize(v))
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(pascalize).collect()),
+        other => other,
+    }
+}
+
+fn json_reply(sh: &Shared, v: Value) -> Reply {
+    let v = if lock(&sh.cfg).settings.pascal_case {
+        pascalize(v)
+    } else {
+        v
+    };
+    Reply {
+        status: 200,
+        content_type: Some("application/json; charset=utf-8".into()),
+        body: v.to_string().into_bytes(),
+    }
+}
+
+fn envelope_ok(sh: &Shared, data: Value) -> Reply {
+    let code = if lock(&sh.cfg).settings.success_code_200 {
+        200
+    } else {
+        0
+    };
+    json_reply(sh, json!({"code": code, "data": data}))
+}
+
+fn envelope_err(sh: &Shared, code: i64, message: &str, with_trace_id: bool) -> Reply {
+    let mut m = Map::new();
+    m.insert("code".into(), json!(code));
+    m.insert("message".into(), json!(message));
+    if with_trace_id {
+        m.insert("traceId".into(), json!(trace_id()));
+    }
+    json_reply(sh, Value::Object(m))
+}
+
+// ---- routing -----------------------------------------------------------------------------------
+
+fn route(sh: &Shared, inc: &Incoming) -> Reply {
+    let m = inc.method.to_ascii_uppercase();
+    let allowed = match inc.endpoint {
+        Endpoint::Login | Endpoint::Report | Endpoint::ReportRaw => m == "POST",
+        Endpoint::Ping | Endpoint::Logout => m == "POST" || m == "GET",
+        Endpoint::Other => return Reply::empty(404),
+    };
+    if !allowed {
+        return Reply::empty(405);
+    }
+    match inc.endpoint {
+        Endpoint::Login => login(sh, inc),
+        Endpoint::Ping => ping(sh, inc),
+        Endpoint::Logout => logout(sh, inc),
+        Endpoint::Report => report(sh, inc, false),
+        Endpoint::ReportRaw => report(sh, inc, true),
+        Endpoint::Other => Reply::empty(404),
+    }
+}
+
+/// Token lookup order of ApiFilterAttribute.GetToken (§1.2).
+pub(crate) fn find_token(inc: &Incoming) -> Option<String> {
+    if let Some(t) = inc.query_param("Token").filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    if let Some(a) = inc.header("authorization").filter(|a| !a.is_empty()) {
+        let t = a.strip_prefix("Bearer ").unwrap_or(a);
+        if !t.is_empty() {
+            return Some(t.to_string());
+        }
+    }
+    if let Some(t) = inc.header("x-token").filter(|t| !t.is_empty()) {
+        return Some(t.to_string());
+    }
+    cookie_token(inc)
+}
+
+pub(crate) fn cookie_token(inc: &Incoming) -> Option<String> {
+    inc.headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .find_map(|(_, v)| {
+            v.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k.trim().eq_ignore_ascii_case("Token") && !v.trim().is_empty())
+                    .then(|| v.trim().to_string())
+            })
+        })
+}
+
+fn token_error_message(e: &TokenError) -> String {
+    match e {
+        TokenError::Format => "非法访问 JWT格式不正确".into(),
+        TokenError::Expired(sub) => format!("非法访问[{sub}] 令牌已过期"),
+        TokenError::Signature(sub) => format!("非法访问[{sub}] 令牌签名无效"),
+    }
+}
+
+/// BaseController authorization: token required, app must exist and be enabled.
+fn authorize(sh: &Shared, inc: &Incoming) -> Result<TokenClaims, Reply> {
+    let Some(token) = find_token(inc) else {
+        return Err(envelope_err(sh, 401, "认证失败", true));
+    };
+    let now = sh.server_now_ms();
+    let res = auth::verify_token(&lock(&sh.cfg).token_key, &token, now);
+    let claims = res.map_err(|e| envelope_err(sh, 401, &token_error_message(&e), true))?;
+    let ok = lock(&sh.cfg)
+        .apps
+        .get(&claims.sub)
+        .is_some_and(|a| a.enabled);
+    if !ok {
+        return Err(envelope_err(sh, 403, "无效客户端！", true));
+    }
+    Ok(claims)
+}
+
+fn json_object(body: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn issue(sh: &Shared, app: &str, client_id: &str) -> (String, i64) {
+    let now_ms = sh.server_now_ms();
+    let cfg = lock(&sh.cfg);
+    let life = cfg.settings.token_lifetime;
+    // Round up: the token is valid for at least `life` (at most `life` + 1 s).
+    let exp = (now_ms + life.as_millis() as i64 + 999).div_euclid(1000);
+    let t = auth::issue_token(
+        &cfg.token_key,
+        &TokenClaims {
+            sub: app.into(),
+            jti: client_id.into(),
+            iat: now_ms / 1000,
+            exp,
+        },
+    );
+    (t, life.as_secs() as i64)
+}
+
+// ---- /App/Login --------------------------------------------------------------------------------
+
+fn login(sh: &Shared, inc: &Incoming) -> Reply {
+    let Some(obj) = json_object(&inc.body) else {
+        return Reply::problem_400("A non-empty request body is required.");
+    };
+    let app_id = str_ci(&obj, "AppId")
+        .filter(|s| !s.is_empty())
+        .or_else(|| str_ci(&obj, "Code").filter(|s| !s.is_empty()));
+    let client_id = str_ci(&obj, "ClientId")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| random_alnum(8));
+    let sent = str_ci(&obj, "Secret");
+    let version = str_ci(&obj, "Version");
+    let body = Value::Object(obj);
+    let now_ms = sh.server_now_ms();
+    let mut rec = LoginRecord {
+        seq: inc.seq,
+        app_id: app_id.clone().unwrap_or_default(),
+        client_id: client_id.clone(),
+        version,
+        secret: auth::verify_secret(None, sent.as_deref(), 0, 0),
+        code: 0,
+        token: None,
+        auto_registered: false,
+        disclosed_secret: false,
+        body,
+    };
+    let Some(app_id) = app_id else {
+        rec.code = 500;
+        sh.with_rec(|r| r.logins.push(rec));
+        return envelope_err(sh, 500, "应用标识AppId/Code不能为空", false);
+    };
+
+    // Decide under the config lock; build the reply after.
+    enum Outcome {
+        Err(i64, &'static str),
+        Ok {
+            enabled: bool,
+            disclose: Option<(String, String)>,
+        },
+    }
+    let outcome = {
+        let mut cfg = lock(&sh.cfg);
+        let s = cfg.settings.clone();
+        match cfg.apps.get(&app_id).cloned() {
+            Some(app) => {
+                rec.secret = auth::verify_secret(
+                    app.secret.as_deref(),
+                    sent.as_deref(),
+                    now_ms.div_euclid(1000),
+                    s.salt_time_secs,
+                );
+                if !app.enabled {
+                    Outcome::Err(403, "禁止登录")
+                } else if rec.secret.ok {
+                    Outcome::Ok {
+                        enabled: true,
+                        disclose: None,
+                    }
+                } else if s.wrong_secret == WrongSecret::Strict {
+                    Outcome::Err(401, "非法访问 密钥错误")
+                } else {
+                    Outcome::Ok {
+                        enabled: true,
+                        disclose: Some((app.name.clone(), app.secret.clone().unwrap_or_default())),
+                    }
+                }
+            }
+            None => {
+                let secret = random_alnum(16);
+                let enabled = s.auto_register_enabled;
+                cfg.apps.insert(
+                    app_id.clone(),
+                    super::AppEntry {
+                        name: app_id.clone(),
+                        secret: Some(secret.clone()),
+                        enabled,
+                        auto_registered: true,
+                    },
+                );
+                rec.auto_registered = true;
+                rec.secret.detail = "unknown app: auto-registered".into();
+                Outcome::Ok {
+                    enabled,
+                    disclose: Some((app_id.clone(), secret)),
+                }
+            }
+        }
+    };
+    let reply = match outcome {
+        Outcome::Err(code, msg) => {
+            rec.code = code;
+            envelope_err(sh, code, msg, false)
+        }
+        Outcome::Ok { enabled, disclose } => {
+            let (token, expire) = if enabled {
+                let (t, e) = issue(sh, &app_id, &client_id);
+                (Some(t), e)
+            } else {
+                (None, lock(&sh.cfg).settings.token_lifetime.as_secs() as i64)
+            };
+            rec.token = token.clone();
+            rec.disclosed_secret = disclose.is_some();
+            let (code, secret) = disclose
+                .map(|(c, s)| (json!(c), json!(s)))
+                .unwrap_or((Value::Null, Value::Null));
+            envelope_ok(
+                sh,
+                json!({"code": code, "secret": secret, "name": app_id, "token": token, "expire": expire, "time": 0, "serverTime": now_ms}),
+            )
+        }
+    };
+    sh.with_rec(|r| r.logins.push(rec));
+    reply
+}
+
+// ---- /App/Ping ---------------------------------------------------------------------------------
+
+fn ping(sh: &Shared, inc: &Incoming) -> Reply {
+    let claims = match authorize(sh, inc) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(obj) = json_object(&inc.body) else {
+        return Reply::problem_400("A non-empty request body is required.");
+    };
+    let now_ms = sh.server_now_ms();
+    let time = get_ci(&obj, "Time")
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(0);
+    let (window, period) = {
+        let cfg = lock(&sh.cfg);
+        (
+            cfg.settings.token_refresh_window.as_millis() as i64,
+            cfg.settings.ping_period,
+        )
+    };
+    let new_token =
+        (claims.exp * 1000 - now_ms < window).then(|| issue(sh, &claims.sub, &claims.jti).0);
+    sh.with_rec(|r| {
+        r.pings.push(PingRecord {
+            seq: inc.seq,
+            app: claims.sub.clone(),
+            client_id: claims.jti.clone(),
+            body: Value::Object(obj),
+            new_token: new_token.clone(),
+        })
+    });
+    envelope_ok(
+        sh,
+        json!({"time": time, "serverTime": now_ms, "period": period, "token": new_token, "newServer": null, "commands": null}),
+    )
+}
+
+// ---- /App/Logout -------------------------------------------------------------------------------
+
+fn logout(sh: &Shared, inc: &Incoming) -> Reply {
+    let claims = match authorize(sh, inc) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let reason = inc.query_param("reason");
+    sh.with_rec(|r| {
+        r.logouts.push(LogoutRecord {
+            seq: inc.seq,
+            app: claims.sub.clone(),
+            client_id: claims.jti.clone(),
+            reason,
+        })
+    });
+    let now_ms = sh.server_now_ms();
+    envelope_ok(
+        sh,
+        json!({"code": null, "secret": null, "name": claims.sub, "token": null, "expire": 0, "time": 0, "serverTime": now_ms}),
+    )
+}
+
+// ---- /Trace/Report(Raw) ------------------------------------------------------------------------
+
+pub(crate) fn is_json_media_type(ct: Option<&str>) -> bool {
+    let Some(ct) = ct else { return false };
+    let mt = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mt == "application/json"
+        || mt == "text/json"
+        || (mt.starts_with("application/") && mt.ends_with("+json"))
+}
+
+fn report(sh: &Shared, inc: &Incoming, raw: bool) -> Reply {
+    let ct = inc.header("content-type");
+    let mut gzip = false;
+    let model = if !raw {
+        if !is_json_media_type(ct) {
+            return Reply::empty(415);
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&inc.body) else {
+            return envelope_ok(sh, Value::Null);
+        };
+        match model::bind_trace_model(&v, Binding::Strict) {
+            Ok(m) => (v, m),
+            Err(_) => return envelope_ok(sh, Value::Null),
+        }
+    } else {
+        if inc.body.is_empty() {
+            return envelope_ok(sh, Value::Null);
+        }
+        let bytes = if ct == Some("application/x-gzip") {
+            gzip = true;
+            match gunzip(&inc.body) {
+                Ok(b) => b,
+                Err(e) => return envelope_err(sh, 500, &e, false),
+            }
+        } else {
+            inc.body.clone()
+        };
+        let v = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => v,
+            Err(e) => return envelope_err(sh, 500, &format!("JSON: {e}"), false),
+        };
+        match model::bind_trace_model(&v, Binding::Lenient) {
+            Ok(m) => (v, m),
+            Err(_) => return envelope_ok(sh, Value::Null),
+        }
+    };
+    let (raw_json, model) = model;
+    let app_id = model["AppId"].as_str().unwrap_or("").to_string();
+    if app_id.is_empty() {
+        return envelope_ok(sh, Value::Null);
+    }
+    // Optional token: validated only when it has 3 dot-separated parts.
+    if let Some(t) = find_token(inc).filter(|t| t.split('.').count() == 3) {
+        let now = sh.server_now_ms();
+        let res = auth::verify_token(&lock(&sh.cfg).token_key, &t, now);
+        if let Err(e) = res {
+            return envelope_err(sh, 401, &token_error_message(&e), false);
+        }
+    }
+    let (disabled, trc) = {
+        let cfg = lock(&sh.cfg);
+        (
+            cfg.apps.get(&app_id).is_some_and(|a| !a.enabled),
+            cfg.settings.trace_response.clone(),
+        )
+    };
+    if disabled {
+        return envelope_err(
+            sh,
+            500,
+            &format!("应用[{app_id}]已禁用！ (Parameter 'appId')"),
+            false,
+        );
+    }
+    let now_ms = sh.server_now_ms();
+    let excludes = trc.excludes.clone().unwrap_or_default();
+    let (mut accepted, mut dropped) = (Vec::new(), Vec::new());
+    for b in model["Builders"].as_array().cloned().unwrap_or_default() {
+        match model::builder_drop_reason(&b, now_ms, &excludes) {
+            Some(reason) => dropped.push((b, reason)),
+            None => accepted.push(b),
+        }
+    }
+    let version_set = model["Version"].as_str().is_some_and(|v| !v.is_empty());
+    let data = json!({
+        "period": trc.period,
+        "maxSamples": trc.max_samples,
+        "maxErrors": trc.max_errors,
+        "timeout": trc.timeout,
+        "maxTagLength": trc.max_tag_length,
+        "requestTagLength": trc.request_tag_length,
+        "enableMeter": trc.enable_meter,
+        "excludes": if version_set { json!(trc.excludes) } else { Value::Null },
+    });
+    if inc.fault != Some(Fault::DropAfterProcessing) {
+        let mut cfg = lock(&sh.cfg);
+        let cur = cfg.eff.0;
+        let mut next = cur;
+        if trc.max_samples > 0 {
+            next.max_samples = trc.max_samples as i64;
+        }
+        if trc.max_errors > 0 {
+            next.max_errors = trc.max_errors as i64;
+        }
+        if trc.max_tag_length > 0 {
+            next.max_tag_length = trc.max_tag_length as i64;
+        }
+        cfg.eff = (next, cur);
+    }
+    let endpoint = inc.endpoint;
+    sh.with_rec(|r| {
+        r.reports.push(ReportRecord {
+            seq: inc.seq,
+            endpoint,
+            gzip,
+            raw: raw_json,
+            model,
+            accepted,
+            dropped,
+            response: data.clone(),
+        })
+    });
+    envelope_ok(sh, data)
+}
