@@ -372,3 +372,77 @@ fn before_init_traced_calls_record_nothing() {
     assert!(g.flush());
     assert!(common::drain(&rx).is_empty());
 }
+
+/// Panics on its first report, then forwards.
+struct Flaky(crossbeam_channel::Sender<TraceModel>, bool);
+
+impl stardust_runtime::Reporter for Flaky {
+    fn report(&mut self, model: &TraceModel) {
+        if !self.1 {
+            self.1 = true;
+            panic!("reporter bug");
+        }
+        let _ = self.0.send(model.clone());
+    }
+}
+
+#[test]
+fn a_panicking_reporter_is_contained_and_the_runtime_goes_on() {
+    let _serial = common::serial();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let (capture, rx2) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .reporter(Flaky(tx, false))
+            .reporter(capture)
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    drop(stardust_runtime::span("first"));
+    assert!(guard.flush(), "the flush completes despite the panic");
+    drop(stardust_runtime::span("second"));
+    assert!(guard.flush());
+    let flaky: Vec<_> = common::drain(&rx);
+    assert_eq!(flaky.len(), 1, "the panicking reporter stays installed");
+    assert_eq!(flaky[0].builders[0].name, "second");
+    let other = common::drain(&rx2);
+    assert_eq!(other.len(), 2, "other reporters are not affected");
+}
+
+#[test]
+fn arguments_are_never_captured_unless_a_tag_asks() {
+    #[trace("secret/login")]
+    fn login(user: &str, password: &str) -> usize {
+        user.len() + password.len()
+    }
+    #[trace("secret/tagged", tag = "user={user}")]
+    fn tagged(user: &str, password: &str) -> usize {
+        user.len() + password.len()
+    }
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .reporter(capture)
+            .max_samples(10)
+            .max_tag_length(8)
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    login("alice", "hunter2-pw");
+    tagged("bob-the-builder", "hunter2-pw");
+    assert!(guard.flush());
+    let models = common::drain(&rx);
+    let json = serde_json::to_string(&models).unwrap();
+    assert!(!json.contains("hunter2"), "{json}");
+    assert!(!json.contains("alice"), "{json}");
+    let by = merged(&models);
+    assert_eq!(by["secret/login"].samples.as_ref().unwrap()[0].tag, None);
+    assert_eq!(
+        by["secret/tagged"].samples.as_ref().unwrap()[0]
+            .tag
+            .as_deref(),
+        Some("user=bob"),
+        "tag cut to MaxTagLength characters"
+    );
+}

@@ -20,8 +20,62 @@ use crate::uploader::UpMsg;
 
 /// Most builders kept per period; spans of further names go to one overflow builder.
 pub(crate) const MAX_BUILDERS: usize = 10_000;
+/// How often the mailboxes are swept while spans flow.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
+/// How often they are swept after a while without spans.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
 /// Name of the builder that counts spans of names past [`MAX_BUILDERS`].
 pub(crate) const OVERFLOW_NAME: &str = "stardust:overflow";
+
+#[derive(Clone, Copy)]
+struct StaticName {
+    name: Option<&'static str>,
+    period: u32,
+    index: usize,
+}
+
+/// The hash rustc uses for its own tables: a multiply and a rotate per word. The keys here
+/// (span names, addresses) come from this program, not from an attacker.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.write_u64(u64::from_le_bytes(buf));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
 
 /// What the model's header carries.
 #[derive(Clone, Debug)]
@@ -32,13 +86,29 @@ pub(crate) struct Identity {
     pub version: String,
 }
 
+/// Sees every finished span before it is aggregated (the SkyWalking segment assembler).
+/// Runs on the aggregator thread: it must not block.
+pub(crate) trait Tap: Send {
+    fn on_record(&mut self, record: &SpanRecord);
+    /// The period was cut (housekeeping, e.g. evicting segments whose root never ended).
+    fn on_cut(&mut self) {}
+    /// The runtime is stopping: hand over what is complete, within `deadline`.
+    fn on_shutdown(&mut self, _deadline: Instant) {}
+}
+
 pub(crate) struct Aggregator {
+    taps: Vec<Box<dyn Tap>>,
     rx: Receiver<Msg>,
     up: Sender<UpMsg>,
     identity: Identity,
-    builders: HashMap<Cow<'static, str>, Builder>,
-    /// Cache of normalised static names, keyed by the name's address and length.
-    static_names: HashMap<(usize, usize), Option<&'static str>>,
+    /// This period's builders; `by_name` indexes them.
+    builders: Vec<Builder>,
+    by_name: HashMap<Cow<'static, str>, usize, FxBuild>,
+    /// Static names seen, keyed by the name's address and length: the normalised name, and
+    /// the builder index it had in period `period` (saves hashing the name per span).
+    static_names: HashMap<(usize, usize), StaticName, FxBuild>,
+    /// Counts cuts; tells which cached builder indices are current.
+    period: u32,
     first_delay: Duration,
     next_cut: Option<Instant>,
     overflow_logged: bool,
@@ -50,72 +120,78 @@ impl Aggregator {
         up: Sender<UpMsg>,
         identity: Identity,
         first_delay: Duration,
+        taps: Vec<Box<dyn Tap>>,
     ) -> Aggregator {
         Aggregator {
+            taps,
             rx,
             up,
             identity,
-            builders: HashMap::new(),
-            static_names: HashMap::new(),
+            builders: Vec::new(),
+            by_name: HashMap::default(),
+            static_names: HashMap::default(),
+            period: 0,
             first_delay,
             next_cut: None,
             overflow_logged: false,
         }
     }
 
+    /// The thread's body: a panic inside is caught, logged, and the loop restarted with the
+    /// builders it had (a panic never reaches the application).
     pub(crate) fn run(mut self) {
         loop {
-            let msg = match self.next_cut {
-                Some(at) => match self
-                    .rx
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                {
-                    Ok(msg) => msg,
-                    Err(RecvTimeoutError::Timeout) => {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop())) {
+                Ok(()) => return,
+                Err(_) => log::error!("stardust: the aggregator thread panicked; restarting it"),
+            }
+        }
+    }
+
+    fn run_loop(&mut self) {
+        let mut spare: Vec<SpanRecord> = Vec::new();
+        let mut idle_sweeps = 0u32;
+        loop {
+            // Sweep often while spans flow, less often when idle.
+            let sweep_every = if idle_sweeps > 50 {
+                IDLE_SWEEP_INTERVAL
+            } else {
+                SWEEP_INTERVAL
+            };
+            let mut wake = Instant::now() + sweep_every;
+            if let Some(at) = self.next_cut {
+                wake = wake.min(at);
+            }
+            let msg = match self.rx.recv_deadline(wake) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if self.sweep(&mut spare) == 0 {
+                idle_sweeps = idle_sweeps.saturating_add(1);
+            } else {
+                idle_sweeps = 0;
+            }
+            match msg {
+                None => {
+                    if self.next_cut.is_some_and(|at| Instant::now() >= at) {
                         self.cut(None);
                         let period = Duration::from_secs(
                             SETTINGS.period_secs.load(Ordering::Relaxed).max(1) as u64,
                         );
                         self.next_cut = Some(Instant::now() + period);
-                        continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
-                    Ok(msg) => msg,
-                    Err(_) => break,
-                },
-            };
-            match msg {
-                Msg::Batch(mut batch) => {
-                    if self.next_cut.is_none() {
-                        self.next_cut = Some(Instant::now() + self.first_delay);
-                    }
-                    let settings = SETTINGS.snapshot();
-                    for record in batch.drain(..) {
-                        self.add(record, &settings);
-                    }
-                    collector::recycle(batch);
                 }
-                Msg::Flush(reply) => {
-                    self.cut(Some(reply));
-                }
-                Msg::Shutdown(reply, deadline) => {
-                    // Take what is still queued, then the last cut.
-                    let settings = SETTINGS.snapshot();
-                    while let Ok(msg) = self.rx.try_recv() {
-                        match msg {
-                            Msg::Batch(mut batch) => {
-                                for record in batch.drain(..) {
-                                    self.add(record, &settings);
-                                }
-                            }
-                            Msg::Flush(r) | Msg::Shutdown(r, _) => {
-                                let _ = r.send(());
-                            }
-                        }
+                Some(Msg::Flush(reply)) => self.cut(Some(reply)),
+                Some(Msg::Shutdown(reply, deadline)) => {
+                    self.sweep(&mut spare);
+                    while let Ok(Msg::Flush(r) | Msg::Shutdown(r, _)) = self.rx.try_recv() {
+                        let _ = r.send(());
                     }
                     let model = self.take_model();
+                    for tap in &mut self.taps {
+                        tap.on_shutdown(deadline);
+                    }
                     if self
                         .up
                         .send(UpMsg::Shutdown(model, reply, deadline))
@@ -128,65 +204,115 @@ impl Aggregator {
             }
         }
         // Every sender is gone without a shutdown: report what we have.
-        let model = self.take_model();
-        if let Some(model) = model {
+        self.sweep(&mut spare);
+        if let Some(model) = self.take_model() {
             let _ = self.up.send(UpMsg::Model(model));
         }
     }
 
+    /// Takes every span handed over so far into the builders.
+    fn sweep(&mut self, spare: &mut Vec<SpanRecord>) -> usize {
+        clock::recalibrate();
+        let settings = SETTINGS.snapshot();
+        let taken = collector::sweep(spare, |records| {
+            for record in records.drain(..) {
+                self.add(record, &settings);
+            }
+        });
+        if taken > 0 && self.next_cut.is_none() {
+            self.next_cut = Some(Instant::now() + self.first_delay);
+        }
+        taken
+    }
+
     fn add(&mut self, record: SpanRecord, settings: &crate::settings::Snapshot) {
-        let key: Cow<'static, str> = match &record.span.name {
+        for tap in &mut self.taps {
+            tap.on_record(&record);
+        }
+        // Local wall-clock ms: the server clock offset is applied at the cut, so one period's
+        // timestamps all follow the offset known when it is reported.
+        let start_ms = clock::local_unix_ms(record.span.start);
+        let end_ms = clock::local_unix_ms(record.end);
+        let index = match &record.span.name {
             Name::Static(s) => {
-                let cached = *self
-                    .static_names
-                    .entry((s.as_ptr() as usize, s.len()))
-                    .or_insert_with(|| normalize_name(s));
-                match cached {
-                    Some(n) => Cow::Borrowed(n),
-                    None => return,
+                let key = (s.as_ptr() as usize, s.len());
+                let cached = *self.static_names.entry(key).or_insert_with(|| StaticName {
+                    name: normalize_name(s),
+                    period: u32::MAX,
+                    index: 0,
+                });
+                let Some(name) = cached.name else { return };
+                if cached.period == self.period {
+                    cached.index
+                } else {
+                    let index = self.index_of(Cow::Borrowed(name), start_ms);
+                    self.static_names.insert(
+                        key,
+                        StaticName {
+                            name: Some(name),
+                            period: self.period,
+                            index,
+                        },
+                    );
+                    index
                 }
             }
-            Name::Owned(s) => match normalize_name(s) {
-                Some(n) => Cow::Owned(n.to_owned()),
-                None => return,
-            },
+            Name::Owned(s) => {
+                let Some(name) = normalize_name(s) else {
+                    return;
+                };
+                match self.by_name.get(name) {
+                    Some(i) => *i,
+                    None => self.index_of(Cow::Owned(name.to_owned()), start_ms),
+                }
+            }
         };
-        let start_ms = clock::to_unix_ms(record.span.start);
-        let end_ms = clock::to_unix_ms(record.end);
-        if let Some(b) = self.builders.get_mut(key.as_ref()) {
-            b.add_timed(&record, start_ms, end_ms, settings);
-            return;
+        self.builders[index].add_timed(&record, start_ms, end_ms, settings);
+    }
+
+    /// The index of `name`'s builder this period, created if needed (or the overflow builder
+    /// once the period has [`MAX_BUILDERS`] names).
+    fn index_of(&mut self, name: Cow<'static, str>, start_ms: i64) -> usize {
+        if let Some(i) = self.by_name.get(name.as_ref()) {
+            return *i;
         }
-        let key = if self.builders.len() >= MAX_BUILDERS {
+        let name = if self.builders.len() >= MAX_BUILDERS {
             if !self.overflow_logged {
                 self.overflow_logged = true;
                 log::warn!(
                     "stardust: more than {MAX_BUILDERS} operation names in one period; further names are counted under `{OVERFLOW_NAME}`"
                 );
             }
+            if let Some(i) = self.by_name.get(OVERFLOW_NAME) {
+                return *i;
+            }
             Cow::Borrowed(OVERFLOW_NAME)
         } else {
-            key
+            name
         };
-        let builder = self
-            .builders
-            .entry(key)
-            .or_insert_with_key(|k| Builder::new(k.to_string(), start_ms));
-        builder.add_timed(&record, start_ms, end_ms, settings);
+        let index = self.builders.len();
+        self.builders.push(Builder::new(name.to_string(), start_ms));
+        self.by_name.insert(name, index);
+        index
     }
 
     /// Ends the period: the builders with spans become a model.
     fn take_model(&mut self) -> Option<TraceModel> {
         EPOCH.fetch_add(1, Ordering::Relaxed);
+        for tap in &mut self.taps {
+            tap.on_cut();
+        }
         self.overflow_logged = false;
-        let end_time = clock::unix_ms_now();
+        let offset = clock::server_offset_ms();
+        let end_time = clock::local_unix_ms(clock::now()) + offset;
         let excludes = SETTINGS.excludes();
+        self.period = self.period.wrapping_add(1);
+        self.by_name.clear();
         let mut builders: Vec<_> = self
             .builders
-            .drain()
-            .map(|(_, b)| b)
+            .drain(..)
             .filter(|b| b.total > 0 && !is_excluded(&b.name, &excludes))
-            .map(|b| b.into_model(end_time))
+            .map(|b| b.into_model(end_time, offset))
             .collect();
         if self.static_names.len() > MAX_BUILDERS {
             self.static_names.clear();

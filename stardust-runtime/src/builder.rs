@@ -41,7 +41,7 @@ impl Builder {
         }
     }
 
-    /// Counts one finished span (§B5.5); times are server-corrected Unix ms. Returns false
+    /// Counts one finished span (§B5.5); times are local Unix ms (see `into_model`). Returns false
     /// when the span was discarded (longer than 1 h).
     pub(crate) fn add_timed(
         &mut self,
@@ -88,10 +88,16 @@ impl Builder {
         true
     }
 
-    pub(crate) fn into_model(self, end_time: i64) -> SpanBuilderModel {
+    /// The wire form. Times were kept in local ms; `offset` (server minus local clock) is
+    /// added to each, and `end_time` is already server time.
+    pub(crate) fn into_model(mut self, end_time: i64, offset: i64) -> SpanBuilderModel {
+        for s in self.samples.iter_mut().chain(self.error_samples.iter_mut()) {
+            s.start_time += offset;
+            s.end_time += offset;
+        }
         SpanBuilderModel {
             name: self.name,
-            start_time: self.start_time,
+            start_time: self.start_time + offset,
             end_time,
             total: self.total,
             errors: self.errors,
@@ -200,6 +206,7 @@ mod tests {
                 trace: TraceId::random(),
                 span_id: 7,
                 parent: 0,
+                seg_root: 7,
                 start: 0,
                 value: 2,
                 flags: flag,
@@ -262,7 +269,9 @@ mod tests {
         // forced error spans while errors <= 10 * MaxErrors = 30
         assert_eq!(b.error_samples.len(), 3 + (30 - 5));
         assert_eq!(b.errors, 45);
-        let m = b.into_model(99);
+        let m = b.into_model(99, 1000);
+        assert_eq!(m.start_time, 1000);
+        assert_eq!(m.error_samples.as_ref().unwrap()[0].start_time, 1000);
         assert_eq!(m.end_time, 99);
         assert_eq!(m.error_samples.unwrap()[0].error.as_deref(), Some("boom"));
     }

@@ -1,27 +1,41 @@
-//! From the span guard to the aggregator: finished spans go into a thread-local batch, and
-//! whole batches move to the aggregator through one bounded crossbeam channel.
+//! From the span guard to the aggregator.
 //!
-//! A batch is sent when the thread's outermost span closes, when it is full, or when its
-//! oldest record is older than [`MAX_BATCH_AGE_NS`]. A full channel never blocks the caller:
-//! the batch is dropped and counted.
+//! Finished spans go into a thread-local batch (no lock, no allocation). The batch is handed
+//! over to the thread's *mailbox* when the thread's outermost span closes, when the batch is
+//! full, or when its oldest record is older than 100 ms: one uncontended lock
+//! and a move of the records into a vector that keeps its capacity. The aggregator sweeps every
+//! mailbox every few milliseconds and before every period cut, so a thread that goes idle after
+//! its last span still has it counted, and `flush()` sees every span whose outermost span has
+//! closed.
+//!
+//! Why mailboxes rather than one message per batch on a channel: a busy thread closes many
+//! small root spans; one message per root made the channel carry a few spans per message, and
+//! on a loaded 2-core machine the aggregator, woken once per scheduler slice, could not keep up
+//! (the soak test lost a third of its spans to a full channel). A mailbox absorbs whole
+//! scheduler slices of spans and the aggregator takes them in one swap.
+//!
+//! A mailbox is bounded (`MAILBOX_CAPACITY` records): past it, new spans are dropped and
+//! counted, never silently. Control messages (flush, shutdown) go through a small bounded
+//! crossbeam channel.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::span::SpanRecord;
 
-/// Records in one batch.
+/// Records in one thread-local batch before it is handed to the mailbox.
 pub(crate) const BATCH_CAPACITY: usize = 256;
-/// Oldest record a batch may hold before it is sent, in ns.
-pub(crate) const MAX_BATCH_AGE_NS: u64 = 100_000_000;
-/// Empty batch vectors kept for reuse.
-const POOL_CAPACITY: usize = 512;
+/// Records one thread's mailbox holds before spans are dropped (the aggregator is behind);
+/// set from `Config::channel_capacity` at `init`.
+pub(crate) static MAILBOX_CAPACITY: AtomicUsize = AtomicUsize::new(64 * 1024);
+
+/// Mailbox vectors larger than this (records) are shrunk back after a sweep.
+const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Messages to the aggregator thread.
 pub(crate) enum Msg {
-    Batch(Vec<SpanRecord>),
     /// Cut the period now; the reply comes once the reporters have handled it.
     Flush(Sender<()>),
     /// Cut, report and stop by the deadline; the reply comes when everything downstream has
@@ -31,9 +45,9 @@ pub(crate) enum Msg {
 
 /// Whether spans are recorded at all. The one load a traced call pays before `init()`.
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
-/// Bumped at every `init`, so thread-local senders of an old runtime are refreshed.
+/// Bumped at every `init`, so records of an old runtime are discarded.
 pub(crate) static GENERATION: AtomicU64 = AtomicU64::new(0);
-/// Spans dropped because the channel was full.
+/// Spans dropped because a mailbox was full.
 pub(crate) static DROPPED: AtomicU64 = AtomicU64::new(0);
 static DROP_LOGGED: AtomicBool = AtomicBool::new(false);
 
@@ -45,38 +59,15 @@ pub(crate) fn enabled() -> bool {
 }
 
 pub(crate) fn install(generation: u64, tx: Sender<Msg>) {
+    // Spans handed over before this runtime started belong to nobody.
+    for mb in registry().lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        mb.records.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
     *SENDER.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, tx));
 }
 
 pub(crate) fn uninstall() {
     *SENDER.lock().unwrap_or_else(|e| e.into_inner()) = None;
-}
-
-pub(crate) fn current_sender() -> Option<(u64, Sender<Msg>)> {
-    SENDER.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-type Pool = (Sender<Vec<SpanRecord>>, Receiver<Vec<SpanRecord>>);
-
-fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| crossbeam_channel::bounded(POOL_CAPACITY))
-}
-
-/// An empty batch vector, reused when one is available.
-pub(crate) fn new_batch() -> Vec<SpanRecord> {
-    pool()
-        .1
-        .try_recv()
-        .unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY))
-}
-
-/// Gives a drained batch vector back for reuse.
-pub(crate) fn recycle(mut batch: Vec<SpanRecord>) {
-    batch.clear();
-    if batch.capacity() >= BATCH_CAPACITY {
-        let _ = pool().0.try_send(batch);
-    }
 }
 
 pub(crate) fn count_dropped(n: usize) {
@@ -86,7 +77,7 @@ pub(crate) fn count_dropped(n: usize) {
     let before = DROPPED.fetch_add(n as u64, Ordering::Relaxed);
     if before == 0 && !DROP_LOGGED.swap(true, Ordering::Relaxed) {
         log::warn!(
-            "stardust: span channel full, dropping spans (counted; the total is reported at shutdown)"
+            "stardust: the aggregator is behind; dropping spans (counted; see dropped_spans())"
         );
     }
 }
@@ -96,58 +87,98 @@ pub(crate) fn reset_dropped() {
     DROP_LOGGED.store(false, Ordering::Relaxed);
 }
 
-/// The per-thread end of the channel.
+/// One thread's hand-over point.
+pub(crate) struct Mailbox {
+    records: Mutex<Vec<SpanRecord>>,
+    /// False once the owning thread has exited; the mailbox is removed when empty.
+    alive: AtomicBool,
+}
+
+fn registry() -> &'static Mutex<Vec<Arc<Mailbox>>> {
+    static REGISTRY: Mutex<Vec<Arc<Mailbox>>> = Mutex::new(Vec::new());
+    &REGISTRY
+}
+
+/// The per-thread end: owns the thread's mailbox.
 pub(crate) struct LocalSender {
-    generation: u64,
-    tx: Option<Sender<Msg>>,
+    mailbox: Option<Arc<Mailbox>>,
 }
 
 impl LocalSender {
     pub(crate) const fn new() -> LocalSender {
-        LocalSender {
-            generation: u64::MAX,
-            tx: None,
-        }
+        LocalSender { mailbox: None }
     }
 
-    /// Sends `batch` (records of runtime `generation`) and leaves an empty vector in its place.
+    /// Moves `batch` (records of runtime `generation`) into this thread's mailbox; `batch`
+    /// keeps its capacity.
     pub(crate) fn send(&mut self, batch: &mut Vec<SpanRecord>, generation: u64) {
         if batch.is_empty() {
             return;
         }
-        let current = GENERATION.load(Ordering::Acquire);
-        if generation != current {
+        if generation != GENERATION.load(Ordering::Acquire) || !enabled() {
             // Records of a runtime that has been shut down: nobody is counting them any more.
             batch.clear();
             return;
         }
-        if self.generation != current || self.tx.is_none() {
-            match current_sender() {
-                Some((g, tx)) if g == current => {
-                    self.generation = g;
-                    self.tx = Some(tx);
-                }
-                _ => {
-                    batch.clear();
-                    return;
-                }
-            }
-        }
-        let full = std::mem::replace(batch, new_batch());
-        let n = full.len();
-        if let Some(tx) = &self.tx {
-            match tx.try_send(Msg::Batch(full)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(Msg::Batch(v))) => {
-                    count_dropped(n);
-                    recycle(v);
-                }
-                Err(TrySendError::Disconnected(Msg::Batch(v))) => {
-                    self.tx = None;
-                    recycle(v);
-                }
-                Err(_) => {}
-            }
+        let mailbox = self.mailbox.get_or_insert_with(|| {
+            let mb = Arc::new(Mailbox {
+                records: Mutex::new(Vec::with_capacity(BATCH_CAPACITY)),
+                alive: AtomicBool::new(true),
+            });
+            registry()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(mb.clone());
+            mb
+        });
+        let mut records = mailbox.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() + batch.len() > MAILBOX_CAPACITY.load(Ordering::Relaxed) {
+            drop(records);
+            count_dropped(batch.len());
+            batch.clear();
+        } else {
+            records.append(batch);
         }
     }
+}
+
+impl Drop for LocalSender {
+    fn drop(&mut self) {
+        if let Some(mb) = &self.mailbox {
+            mb.alive.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Takes everything handed over so far, calling `f` on each mailbox's records (in the order
+/// they were handed over). `spare` is swapped in as the mailbox's next vector. Mailboxes of
+/// exited threads are removed once empty. Returns the number of records taken.
+pub(crate) fn sweep(spare: &mut Vec<SpanRecord>, mut f: impl FnMut(&mut Vec<SpanRecord>)) -> usize {
+    let mut taken = 0;
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    reg.retain(|mb| {
+        {
+            let mut records = mb.records.lock().unwrap_or_else(|e| e.into_inner());
+            if !records.is_empty() {
+                std::mem::swap(&mut *records, spare);
+            }
+        }
+        if !spare.is_empty() {
+            taken += spare.len();
+            f(spare);
+            spare.clear();
+            // Keep the capacity (vectors circulate between mailboxes and this spare, so after a
+            // warm-up nothing allocates), except after an overload burst.
+            if spare.capacity() > SHRINK_ABOVE {
+                spare.shrink_to(SHRINK_ABOVE);
+            }
+        }
+        mb.alive.load(Ordering::Acquire)
+            || !mb
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+    });
+    taken
 }

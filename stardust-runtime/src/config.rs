@@ -16,7 +16,18 @@ use crate::uploader::Reporter;
 /// | `StarAppName` | [`app_name`](Config::app_name) | display name |
 /// | `StarVersion` | [`version`](Config::version) | application version, dotted numeric |
 ///
-/// With no server configured, reports go to the console (stderr).
+/// With the `skywalking` feature, the SkyWalking agents' variables also apply (names matched
+/// ignoring case):
+///
+/// | env var | builder | meaning |
+/// |---|---|---|
+/// | `SW_AGENT_COLLECTOR_BACKEND_SERVICES` | [`skywalking`](Config::skywalking) | OAP REST address, e.g. `http://oap:12800` (enables SkyWalking) |
+/// | `SW_AGENT_NAME` | [`skywalking_service`](Config::skywalking_service) | service name (default: the app id) |
+/// | `SW_AGENT_INSTANCE_NAME` | [`skywalking_instance`](Config::skywalking_instance) | instance name (default `<pid>@<hostname>`) |
+/// | `SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD` | [`skywalking_heartbeat`](Config::skywalking_heartbeat) | keep-alive period in seconds (default 30) |
+///
+/// With no Stardust server, no SkyWalking OAP and no reporter configured, reports go to the
+/// console (stderr).
 pub struct Config {
     pub(crate) servers: Vec<String>,
     pub(crate) app_id: Option<String>,
@@ -35,6 +46,8 @@ pub struct Config {
     pub(crate) channel_capacity: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    #[cfg(feature = "skywalking")]
+    pub(crate) skywalking: crate::skywalking::SwConfig,
 }
 
 impl Default for Config {
@@ -66,6 +79,8 @@ impl Config {
             channel_capacity: 256,
             shutdown_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            #[cfg(feature = "skywalking")]
+            skywalking: Default::default(),
         }
     }
 
@@ -91,6 +106,21 @@ impl Config {
                 "starsecret" => self.secret = Some(v.to_owned()),
                 "starappname" => self.app_name = Some(v.to_owned()),
                 "starversion" => self.version = Some(v.to_owned()),
+                #[cfg(feature = "skywalking")]
+                "sw_agent_collector_backend_services" => self.skywalking.set_backends(v),
+                #[cfg(feature = "skywalking")]
+                "sw_agent_name" => self.skywalking.service = Some(v.to_owned()),
+                #[cfg(feature = "skywalking")]
+                "sw_agent_instance_name" => self.skywalking.instance = Some(v.to_owned()),
+                #[cfg(feature = "skywalking")]
+                "sw_agent_collector_heartbeat_period" => match v.parse::<u64>() {
+                    Ok(secs) if secs > 0 => {
+                        self = self.skywalking_heartbeat(Duration::from_secs(secs))
+                    }
+                    _ => log::warn!(
+                        "stardust: ignoring SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD={v}: not a number of seconds"
+                    ),
+                },
                 _ => {}
             }
         }
@@ -186,8 +216,9 @@ impl Config {
         self
     }
 
-    /// Span batches the channel to the aggregator holds before spans are dropped (default 256
-    /// batches of up to 256 spans).
+    /// How many spans each thread may hand over before the aggregator takes them, in units of
+    /// 256 spans (default 256, i.e. 65,536 spans per thread). Past it spans are dropped and
+    /// counted ([`dropped_spans`](crate::dropped_spans)); memory stays bounded.
     pub fn channel_capacity(mut self, batches: usize) -> Config {
         self.channel_capacity = batches.max(1);
         self
@@ -196,6 +227,37 @@ impl Config {
     /// Timeout of each HTTP call to the server (default 5 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Config {
         self.request_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
+    /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
+    /// the Stardust server. See [`skywalking`](crate::skywalking).
+    #[cfg(feature = "skywalking")]
+    pub fn skywalking(mut self, oap: &str) -> Config {
+        self.skywalking.set_backends(oap);
+        self
+    }
+
+    /// The SkyWalking service name (default: the app id). Cut to 70 characters.
+    #[cfg(feature = "skywalking")]
+    pub fn skywalking_service(mut self, name: impl Into<String>) -> Config {
+        self.skywalking.service = Some(name.into());
+        self
+    }
+
+    /// The SkyWalking instance name (default `<pid>@<hostname>`). Cut to 70 characters.
+    #[cfg(feature = "skywalking")]
+    pub fn skywalking_instance(mut self, name: impl Into<String>) -> Config {
+        self.skywalking.instance = Some(name.into());
+        self
+    }
+
+    /// Period of the SkyWalking keep-alive (default 30 s, at least 100 ms); instance properties
+    /// are sent at start and every 10 periods.
+    #[cfg(feature = "skywalking")]
+    pub fn skywalking_heartbeat(mut self, period: Duration) -> Config {
+        self.skywalking.heartbeat = Some(period.max(Duration::from_millis(100)));
         self
     }
 
@@ -208,8 +270,8 @@ impl Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("servers", &self.servers)
+        let mut d = f.debug_struct("Config");
+        d.field("servers", &self.servers)
             .field("app_id", &self.app_id)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("app_name", &self.app_name)
@@ -225,8 +287,10 @@ impl fmt::Debug for Config {
             .field("reporters", &self.reporters.len())
             .field("channel_capacity", &self.channel_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
+            .field("request_timeout", &self.request_timeout);
+        #[cfg(feature = "skywalking")]
+        d.field("skywalking", &self.skywalking);
+        d.finish()
     }
 }
 
@@ -251,6 +315,31 @@ mod tests {
         assert_eq!(c.version, None);
         let c = c.app_id("other");
         assert_eq!(c.app_id.as_deref(), Some("other"));
+    }
+
+    #[cfg(feature = "skywalking")]
+    #[test]
+    fn skywalking_env_names_like_the_agents() {
+        let c = Config::new().with_vars([
+            (
+                "SW_AGENT_COLLECTOR_BACKEND_SERVICES".to_owned(),
+                "http://oap:12800/".to_owned(),
+            ),
+            ("SW_AGENT_NAME".to_owned(), "orders".to_owned()),
+            ("sw_agent_instance_name".to_owned(), "orders-1".to_owned()),
+            (
+                "SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD".to_owned(),
+                "5".to_owned(),
+            ),
+        ]);
+        assert_eq!(c.skywalking.backends, ["http://oap:12800"]);
+        assert_eq!(c.skywalking.service.as_deref(), Some("orders"));
+        assert_eq!(c.skywalking.instance.as_deref(), Some("orders-1"));
+        assert_eq!(c.skywalking.heartbeat, Some(Duration::from_secs(5)));
+        let c = c.skywalking("oap2:12800").skywalking_service("billing");
+        assert_eq!(c.skywalking.backends, ["http://oap2:12800"]);
+        assert_eq!(c.skywalking.service.as_deref(), Some("billing"));
+        assert!(format!("{c:?}").contains("oap2"));
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
         out.push('\n');
     }
     if dropped > 0 {
-        let _ = writeln!(out, "  dropped spans (channel full): {dropped}");
+        let _ = writeln!(out, "  dropped spans (aggregator behind): {dropped}");
     }
     out
 }
@@ -161,7 +161,7 @@ impl Sink for ConsoleReporter {
         if dropped > 0 {
             let _ = writeln!(
                 err,
-                "stardust: {dropped} spans dropped in total (channel full)"
+                "stardust: {dropped} spans dropped in total (aggregator behind)"
             );
         }
     }
@@ -213,7 +213,7 @@ mod tests {
         let col = lines[1].find("total").unwrap() + "total".len();
         assert_eq!(&lines[2][col - 2..col], "12");
         assert_eq!(&lines[3][col - 1..col], "1");
-        assert!(lines[4].contains("dropped spans (channel full): 3"));
+        assert!(lines[4].contains("dropped spans (aggregator behind): 3"));
         let colored = render(&model, 0, true);
         assert!(colored.contains("\x1b[31;1m2\x1b[0m"));
     }

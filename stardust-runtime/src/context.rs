@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::id::{ParentId, SpanId, TraceId};
 use crate::propagation::{self, Extractor, Injector};
+use crate::segment::{self, SwRef};
 use crate::span::{
     self, Extra, FLAG_ABANDONED, FLAG_CONTEXT, FLAG_SAMPLED, FLAGS_PROPAGATED, Name, OpenSpan,
     Origin, SpanGuard, SpanKind,
@@ -21,6 +22,10 @@ pub struct SpanContext {
     pub(crate) parent: ParentId,
     pub(crate) flags: u8,
     pub(crate) tracestate: Option<Arc<str>>,
+    /// Correlation entries (SkyWalking `sw8-correlation`).
+    pub(crate) correlation: Option<Arc<[(String, String)]>>,
+    /// The parent segment, for SkyWalking segment references.
+    pub(crate) sw: Option<Arc<SwRef>>,
 }
 
 fn to_name(name: Cow<'static, str>) -> Name {
@@ -32,15 +37,23 @@ fn to_name(name: Cow<'static, str>) -> Name {
 
 impl SpanContext {
     /// Reads a context from incoming headers: `traceparent` (+ `tracestate`), `Request-Id`,
-    /// `Eagleeye-Traceid` or `TraceId`, the first valid one in that order. Invalid headers are
-    /// ignored: `None` means "start a new trace".
+    /// `Eagleeye-Traceid` or `TraceId`, the first valid one in that order, then `sw8` while
+    /// SkyWalking is enabled (which also reads the parent segment from `sw8` and correlation
+    /// entries from `sw8-correlation`). Invalid headers are ignored: `None` means "start a new
+    /// trace".
     pub fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
+        #[cfg(feature = "skywalking")]
+        if segment::enabled() {
+            return crate::skywalking::extract(headers);
+        }
         let remote = propagation::extract(headers)?;
         Some(SpanContext {
             trace_id: remote.trace_id,
             parent: remote.parent,
             flags: remote.flags & FLAGS_PROPAGATED,
             tracestate: remote.tracestate.map(Arc::from),
+            correlation: None,
+            sw: None,
         })
     }
 
@@ -104,18 +117,19 @@ impl SpanContext {
             ParentId::Span(v) => (*v, None),
             ParentId::Verbatim(s) => (0, Some(s.clone())),
         };
-        let extra = (remote_parent.is_some() || self.tracestate.is_some()).then(|| {
-            Box::new(Extra {
-                remote_parent,
-                tracestate: self.tracestate.clone(),
-                ..Default::default()
-            })
-        });
+        let extra = Some(Box::new(Extra {
+            remote_parent,
+            tracestate: self.tracestate.clone(),
+            correlation: self.correlation.clone(),
+            sw_ref: self.sw.clone(),
+            ..Default::default()
+        }));
         let frame = OpenSpan {
             name: Name::Static(""),
             trace: self.trace_id.clone(),
             span_id: id,
             parent,
+            seg_root: id,
             start: 0,
             value: 0,
             flags: (self.flags & FLAGS_PROPAGATED) | FLAG_CONTEXT | FLAG_ABANDONED,
@@ -131,6 +145,8 @@ impl SpanContext {
 
     /// Writes `traceparent` (and `tracestate`) for this context into outgoing headers, never
     /// overwriting a header already set. Use [`SpanGuard::inject`] to send an exit span's id.
+    /// While SkyWalking is enabled, also `sw8` (for a context with a peer address: an exit
+    /// span's, or one received in `sw8`) and `sw8-correlation` (when there are entries).
     pub fn inject(&self, headers: &mut (impl Injector + ?Sized)) {
         let span = match &self.parent {
             ParentId::Span(v) => SpanId(*v),
@@ -143,6 +159,10 @@ impl SpanContext {
             self.flags,
             self.tracestate.as_deref(),
         );
+        #[cfg(feature = "skywalking")]
+        if segment::enabled() {
+            crate::skywalking::inject(self, headers);
+        }
     }
 
     /// Wraps `f` so that, wherever it runs, spans it opens are children of this context.
@@ -175,24 +195,69 @@ impl std::fmt::Debug for AttachGuard {
     }
 }
 
-/// The context a child of `span` gets: the span itself, or for an attached context frame the
-/// context it stands for.
-pub(crate) fn context_of(s: &OpenSpan) -> SpanContext {
-    let tracestate = s.extra.as_ref().and_then(|e| e.tracestate.clone());
-    let parent = if s.flags & FLAG_CONTEXT == 0 {
-        ParentId::Span(s.span_id)
-    } else if s.parent != 0 {
-        ParentId::Span(s.parent)
-    } else if let Some(r) = s.extra.as_ref().and_then(|e| e.remote_parent.clone()) {
-        ParentId::Verbatim(r)
-    } else {
-        ParentId::None
-    };
+/// The context a child of the open span `s` gets: the span itself, or for an attached context
+/// frame the context it stands for. `stack` is the thread's stack `s` is on (for the name of
+/// its segment's root, used in SkyWalking references).
+pub(crate) fn context_of(s: &OpenSpan, stack: &[OpenSpan]) -> SpanContext {
+    let extra = s.extra.as_deref();
+    let tracestate = extra.and_then(|e| e.tracestate.clone());
+    let correlation = extra.and_then(|e| e.correlation.clone());
+    if s.flags & FLAG_CONTEXT != 0 {
+        let parent = if s.parent != 0 {
+            ParentId::Span(s.parent)
+        } else if let Some(r) = extra.and_then(|e| e.remote_parent.clone()) {
+            ParentId::Verbatim(r)
+        } else {
+            ParentId::None
+        };
+        return SpanContext {
+            trace_id: s.trace.clone(),
+            parent,
+            flags: s.flags & FLAGS_PROPAGATED,
+            tracestate,
+            correlation,
+            sw: extra.and_then(|e| e.sw_ref.clone()),
+        };
+    }
+    let sw = segment::enabled()
+        .then(segment::identity)
+        .flatten()
+        .map(|id| {
+            let root = stack.iter().rev().find(|f| f.span_id == s.seg_root);
+            let root_name = root.map(|f| f.name.as_str()).unwrap_or(s.name.as_str());
+            // The segment's SkyWalking trace id: the one received in `sw8`, if any.
+            let trace_id = root
+                .and_then(|f| f.extra.as_deref())
+                .and_then(|e| e.sw_ref.as_ref())
+                .map(|r| r.trace_id.clone())
+                .unwrap_or_else(|| Arc::from(s.trace.to_string()));
+            Arc::new(SwRef {
+                cross_process: false,
+                trace_id,
+                parent_segment: segment::segment_id(s.seg_root),
+                parent_span: segment::span_index(s.span_id, s.flags & span::FLAG_SEG_ROOT != 0),
+                parent_service: id.service.clone(),
+                parent_instance: id.instance.clone(),
+                parent_endpoint: if root_name.is_empty() {
+                    "/".to_owned()
+                } else {
+                    root_name.to_owned()
+                },
+                // The peer of an exit span: what `sw8` names as the address used to call it.
+                address: extra
+                    .and_then(|e| e.peer.as_deref())
+                    .filter(|_| s.kind == SpanKind::Exit)
+                    .unwrap_or_default()
+                    .to_owned(),
+            })
+        });
     SpanContext {
         trace_id: s.trace.clone(),
-        parent,
+        parent: ParentId::Span(s.span_id),
         flags: s.flags & FLAGS_PROPAGATED,
         tracestate,
+        correlation,
+        sw,
     }
 }
 
@@ -209,7 +274,7 @@ pub(crate) fn context_of(s: &OpenSpan) -> SpanContext {
 /// .unwrap();
 /// ```
 pub fn capture() -> Option<SpanContext> {
-    span::with_current(|s| context_of(s))
+    span::with_local(|local| local.stack.last().map(|s| context_of(s, &local.stack))).flatten()
 }
 
 /// Wraps `f` so that spans it opens, on whatever thread it runs, are children of the current
@@ -238,7 +303,12 @@ impl SpanGuard {
         if !self.is_recording() {
             return None;
         }
-        span::with_span(self.raw_id(), |s| context_of(s))
+        let id = self.raw_id();
+        span::with_local(|local| {
+            let s = local.stack.iter().rev().find(|s| s.span_id == id)?;
+            Some(context_of(s, &local.stack))
+        })
+        .flatten()
     }
 
     /// Writes this span's `traceparent` (and `tracestate`) into outgoing headers, never

@@ -67,6 +67,10 @@ impl<F> Instrumented<F> {
                 stash.extend(local.stack.drain(idx + 1..));
                 *span = local.stack.pop();
             }
+            // The executor thread may now go idle: hand over what finished inside this poll.
+            if local.stack.is_empty() {
+                local.flush();
+            }
         });
     }
 

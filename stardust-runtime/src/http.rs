@@ -38,6 +38,8 @@ pub fn incoming(method: &str, path: &str, headers: &(impl Extractor + ?Sized)) -
     let name = incoming_name(path);
     let mut guard = entry_span(name.clone(), headers);
     guard.tag_with(|| format!("{method} {path}"));
+    guard.add_attr("http.method", || method.to_owned());
+    guard.add_attr("url", || path.to_owned());
     IncomingSpan { guard, name }
 }
 
@@ -50,6 +52,8 @@ impl IncomingSpan {
     /// Ends the span with the response status: 400 and anything above 404 mark it as an error
     /// (`Http Error <status> <name>`); 404 abandons it (not recorded), as the .NET middleware.
     pub fn finish(mut self, status: u16) {
+        self.guard
+            .add_attr("http.status_code", || status.to_string());
         if status == 404 {
             self.guard.abandon();
             return;
@@ -149,8 +153,13 @@ impl ureq::middleware::Middleware for TracingMiddleware {
             .unwrap_or_default();
         let mut span = exit_span(outgoing_name(&uri), &peer);
         span.tag_with(|| format!("{} {uri}", request.method()));
+        span.add_attr("http.method", || request.method().to_string());
+        span.add_attr("url", || uri.clone());
         span.inject(&mut HeaderAdapter(request.headers_mut()));
         let result = next.handle(request);
+        if let Ok(resp) = &result {
+            span.add_attr("http.status_code", || resp.status().as_u16().to_string());
+        }
         match &result {
             Ok(resp) if resp.status().as_u16() >= 400 => {
                 span.set_error(format!("Http Error {}", resp.status().as_u16()));

@@ -21,11 +21,11 @@
 //!
 //! ## How spans flow
 //! `#[trace]` (or [`span`]) opens a span on the calling thread; closing it moves a small record
-//! into a thread-local batch; whole batches go through a bounded channel to the aggregator
-//! thread, which keeps one builder per operation name per period (Stardust's rules for counts,
-//! costs and sampling); at each period's end the uploader thread hands the report to the
-//! reporters: the console (the default with no server configured), the Stardust server, or
-//! your own [`Reporter`].
+//! into a thread-local batch; when the thread's outermost span closes, the batch moves to the
+//! thread's mailbox, which the aggregator thread sweeps every few milliseconds into one builder
+//! per operation name per period (Stardust's rules for counts, costs and sampling); at each
+//! period's end the uploader thread hands the report to the reporters: the console (the
+//! default with no server configured), the Stardust server, or your own [`Reporter`].
 //!
 //! Before [`init`] a traced call costs one relaxed atomic load.
 
@@ -45,15 +45,24 @@ mod id;
 mod model;
 pub mod propagation;
 mod runtime;
+mod segment;
 mod settings;
+#[cfg(feature = "skywalking")]
+pub mod skywalking;
 mod span;
 mod stardust;
 mod sysinfo;
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 mod uploader;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod __fuzz;
 
 pub use stardust_macros::trace;
 
@@ -62,6 +71,10 @@ pub use context::{AttachGuard, SpanContext, capture, entry_span, exit_span, spaw
 pub use id::{SpanId, TraceId};
 pub use model::{SpanBuilderModel, SpanModel, TraceModel};
 pub use propagation::{Extractor, Injector};
-pub use runtime::{Guard, InitError, flush, init, init_with};
+pub use runtime::{Guard, InitError, dropped_spans, flush, init, init_with};
+#[cfg(feature = "skywalking")]
+pub use skywalking::correlation;
 pub use span::{SpanGuard, SpanKind, current_span_id, current_trace_id, span};
+#[cfg(feature = "tracing")]
+pub use tracing_layer::StardustLayer;
 pub use uploader::Reporter;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::aggregator::{Aggregator, Identity};
+use crate::aggregator::{Aggregator, Identity, Tap};
 use crate::clock;
 use crate::collector::{self, ENABLED, GENERATION, Msg};
 use crate::config::Config;
@@ -56,6 +56,8 @@ struct Running {
     tx: Sender<Msg>,
     threads: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    #[cfg(feature = "skywalking")]
+    skywalking: Option<crate::skywalking::Handle>,
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
@@ -138,9 +140,24 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     };
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    #[cfg_attr(not(feature = "skywalking"), allow(unused_mut))]
+    let mut taps: Vec<Box<dyn Tap>> = Vec::new();
+    #[cfg(feature = "skywalking")]
+    let skywalking = if config.skywalking.backends.is_empty() {
+        None
+    } else {
+        let (tap, handle) =
+            crate::skywalking::start(&config.skywalking, &identity.app_id, config.request_timeout)?;
+        taps.push(tap);
+        Some(handle)
+    };
+    #[cfg(feature = "skywalking")]
+    let other_backend = skywalking.is_some();
+    #[cfg(not(feature = "skywalking"))]
+    let other_backend = false;
     let console = config
         .console
-        .unwrap_or(config.servers.is_empty() && config.reporters.is_empty());
+        .unwrap_or(config.servers.is_empty() && config.reporters.is_empty() && !other_backend);
     if console {
         sinks.push(Box::new(ConsoleReporter::new()));
     }
@@ -168,14 +185,18 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             .map(|r| Box::new(UserReporter(r)) as Box<dyn Sink>),
     );
 
-    let (tx, rx) = crossbeam_channel::bounded::<Msg>(channel_capacity);
+    collector::MAILBOX_CAPACITY.store(
+        channel_capacity.saturating_mul(collector::BATCH_CAPACITY),
+        Ordering::Relaxed,
+    );
+    let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
     let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
     let uploader = Uploader {
         rx: up_rx,
         sinks,
         shutdown_timeout,
     };
-    let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay);
+    let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay, taps);
 
     let up_thread = std::thread::Builder::new()
         .name("stardust-uploader".into())
@@ -193,6 +214,8 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         tx,
         threads: vec![agg_thread, up_thread],
         shutdown_timeout,
+        #[cfg(feature = "skywalking")]
+        skywalking,
     });
     Ok(Guard { _private: () })
 }
@@ -210,12 +233,30 @@ pub fn flush() -> bool {
             None => return false,
         }
     };
+    #[cfg(feature = "skywalking")]
+    let skywalking = RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|r| r.skywalking.as_ref().map(|h| h.control()));
     let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     if tx.send_deadline(Msg::Flush(reply_tx), deadline).is_err() {
         return false;
     }
-    reply_rx.recv_deadline(deadline).is_ok()
+    let flushed = reply_rx.recv_deadline(deadline).is_ok();
+    // The segments cut so far are with the SkyWalking reporter: wait until they are posted.
+    #[cfg(feature = "skywalking")]
+    let flushed =
+        flushed && skywalking.is_none_or(|ctl| crate::skywalking::Handle::flush(&ctl, deadline));
+    flushed
+}
+
+/// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
+/// fell behind).
+/// Drops are also logged once, and reported in the console table and at shutdown.
+pub fn dropped_spans() -> u64 {
+    collector::DROPPED.load(Ordering::Relaxed)
 }
 
 fn shutdown() {
@@ -224,6 +265,8 @@ fn shutdown() {
         return;
     };
     ENABLED.store(false, Ordering::Release);
+    #[cfg(feature = "skywalking")]
+    crate::segment::disable();
     let deadline = Instant::now() + running.shutdown_timeout;
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     let replied = running
@@ -246,8 +289,14 @@ fn shutdown() {
             running.shutdown_timeout
         );
     }
+    // The assembler handed its last segments over in the aggregator's shutdown; the reporter
+    // posts them until the same deadline.
+    #[cfg(feature = "skywalking")]
+    if let Some(sw) = running.skywalking {
+        sw.shutdown(deadline);
+    }
     let dropped = collector::DROPPED.load(Ordering::Relaxed);
     if dropped > 0 {
-        log::warn!("stardust: {dropped} spans were dropped because the span channel was full");
+        log::warn!("stardust: {dropped} spans were dropped because the aggregator fell behind");
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use crate::callsite::{self, Callsite};
 use crate::clock;
-use crate::collector::{self, BATCH_CAPACITY, GENERATION, LocalSender, MAX_BATCH_AGE_NS};
+use crate::collector::{self, BATCH_CAPACITY, GENERATION, LocalSender};
 use crate::id::{SpanId, TraceId};
 
 /// A span's name: static for `#[trace]` and literal names, owned for names built at run time.
@@ -56,6 +56,12 @@ pub(crate) struct Extra {
     pub tracestate: Option<Arc<str>>,
     /// `host:port` of the peer of an exit span.
     pub peer: Option<Arc<str>>,
+    /// Correlation entries (SkyWalking `sw8-correlation`), inherited by children.
+    pub correlation: Option<Arc<[(String, String)]>>,
+    /// On a segment root: the reference to the parent segment (another thread or process).
+    pub sw_ref: Option<Arc<crate::segment::SwRef>>,
+    /// Structured attributes for reporters that keep them (`http.method`, `url`, …).
+    pub attrs: Vec<(&'static str, String)>,
 }
 
 /// Flag bit: the span is force-sampled (Stardust TraceFlag, W3C sampled).
@@ -67,6 +73,10 @@ pub(crate) const FLAG_ABANDONED: u8 = 0x80;
 /// Internal bit: the stack frame is an attached context, not a span: spans opened under it
 /// take its `parent` (and `Extra::remote_parent`) as their parent.
 pub(crate) const FLAG_CONTEXT: u8 = 0x40;
+/// Internal bit: the span is the root of its segment (first span of its trace on this thread).
+pub(crate) const FLAG_SEG_ROOT: u8 = 0x20;
+/// Internal bit: the span's parent is the root of its segment.
+pub(crate) const FLAG_PARENT_SEG_ROOT: u8 = 0x10;
 /// The flag bits a child inherits and `traceparent` carries.
 pub(crate) const FLAGS_PROPAGATED: u8 = FLAG_SAMPLED | FLAG_RANDOM;
 
@@ -78,6 +88,8 @@ pub(crate) struct OpenSpan {
     pub span_id: u64,
     /// Parent span id; 0 for none (see `Extra::remote_parent` for a verbatim one).
     pub parent: u64,
+    /// Span id of the root of this span's segment (its own id for a root).
+    pub seg_root: u64,
     pub start: u64,
     pub value: i64,
     pub flags: u8,
@@ -138,7 +150,7 @@ impl Local {
             self.batch_generation = GENERATION.load(Ordering::Relaxed);
             self.batch_started = record.end;
             if self.batch.capacity() == 0 {
-                self.batch = collector::new_batch();
+                self.batch.reserve(BATCH_CAPACITY);
             }
         }
         let end = record.end;
@@ -148,7 +160,7 @@ impl Local {
             .last()
             .is_none_or(|top| top.flags & FLAG_CONTEXT != 0)
             || self.batch.len() >= BATCH_CAPACITY
-            || end.saturating_sub(self.batch_started) > MAX_BATCH_AGE_NS
+            || end.saturating_sub(self.batch_started) > clock::batch_age_limit()
         {
             self.flush();
         }
@@ -197,53 +209,81 @@ pub(crate) fn new_span(
     kind: SpanKind,
 ) -> OpenSpan {
     let span_id = crate::id::random_u64();
-    let tracestate_of = |s: &OpenSpan| s.extra.as_ref().and_then(|e| e.tracestate.clone());
-    let (trace, parent, remote_parent, mut flags, tracestate, may_force) = match origin {
-        Origin::Current => match local.stack.last() {
-            Some(top) if top.flags & FLAG_CONTEXT == 0 => (
-                top.trace.clone(),
-                top.span_id,
-                None,
-                top.flags & FLAGS_PROPAGATED,
-                tracestate_of(top),
-                false,
-            ),
-            Some(frame) => (
-                frame.trace.clone(),
-                frame.parent,
-                frame.extra.as_ref().and_then(|e| e.remote_parent.clone()),
-                frame.flags & FLAGS_PROPAGATED,
-                tracestate_of(frame),
-                true,
-            ),
-            None => (TraceId::random(), 0, None, 0, None, true),
-        },
-        Origin::Remote(ctx) => {
-            let (parent, remote_parent) = match &ctx.parent {
-                crate::id::ParentId::None => (0, None),
-                crate::id::ParentId::Span(v) => (*v, None),
-                crate::id::ParentId::Verbatim(s) => (0, Some(s.clone())),
-            };
-            (
-                ctx.trace_id.clone(),
-                parent,
-                remote_parent,
-                ctx.flags & FLAGS_PROPAGATED,
-                ctx.tracestate.clone(),
-                true,
-            )
-        }
+    let inherited = |s: &OpenSpan| {
+        s.extra
+            .as_ref()
+            .map(|e| (e.tracestate.clone(), e.correlation.clone()))
+            .unwrap_or_default()
     };
-    if may_force && flags & FLAG_SAMPLED == 0 {
+    let (trace, parent, remote_parent, mut flags, (tracestate, correlation), sw_ref, seg_root) =
+        match origin {
+            Origin::Current => match local.stack.last() {
+                Some(top) if top.flags & FLAG_CONTEXT == 0 => (
+                    top.trace.clone(),
+                    top.span_id,
+                    None,
+                    (top.flags & FLAGS_PROPAGATED)
+                        | if top.flags & FLAG_SEG_ROOT != 0 {
+                            FLAG_PARENT_SEG_ROOT
+                        } else {
+                            0
+                        },
+                    inherited(top),
+                    None,
+                    top.seg_root,
+                ),
+                Some(frame) => (
+                    frame.trace.clone(),
+                    frame.parent,
+                    frame.extra.as_ref().and_then(|e| e.remote_parent.clone()),
+                    (frame.flags & FLAGS_PROPAGATED) | FLAG_SEG_ROOT,
+                    inherited(frame),
+                    frame.extra.as_ref().and_then(|e| e.sw_ref.clone()),
+                    span_id,
+                ),
+                None => (
+                    TraceId::random(),
+                    0,
+                    None,
+                    FLAG_SEG_ROOT,
+                    (None, None),
+                    None,
+                    span_id,
+                ),
+            },
+            Origin::Remote(ctx) => {
+                let (parent, remote_parent) = match &ctx.parent {
+                    crate::id::ParentId::None => (0, None),
+                    crate::id::ParentId::Span(v) => (*v, None),
+                    crate::id::ParentId::Verbatim(s) => (0, Some(s.clone())),
+                };
+                (
+                    ctx.trace_id.clone(),
+                    parent,
+                    remote_parent,
+                    (ctx.flags & FLAGS_PROPAGATED) | FLAG_SEG_ROOT,
+                    (ctx.tracestate.clone(), ctx.correlation.clone()),
+                    ctx.sw.clone(),
+                    span_id,
+                )
+            }
+        };
+    if flags & FLAG_SEG_ROOT != 0 && flags & FLAG_SAMPLED == 0 {
         let cs = callsite.unwrap_or_else(|| callsite::for_name(name.as_str()));
         if cs.take_flag() {
             flags |= FLAG_SAMPLED;
         }
     }
-    let extra = (remote_parent.is_some() || tracestate.is_some()).then(|| {
+    let extra = (remote_parent.is_some()
+        || tracestate.is_some()
+        || correlation.is_some()
+        || sw_ref.is_some())
+    .then(|| {
         Box::new(Extra {
             remote_parent,
             tracestate,
+            correlation,
+            sw_ref,
             ..Default::default()
         })
     });
@@ -252,6 +292,7 @@ pub(crate) fn new_span(
         trace,
         span_id,
         parent,
+        seg_root,
         start: clock::now(),
         value: 0,
         flags,
@@ -357,6 +398,14 @@ impl SpanGuard {
 
     pub(crate) fn raw_id(&self) -> u64 {
         self.id
+    }
+
+    /// Adds a structured attribute, kept only when a reporter uses them (SkyWalking).
+    pub(crate) fn add_attr(&mut self, key: &'static str, value: impl FnOnce() -> String) {
+        if self.id != 0 && crate::segment::enabled() {
+            let value = value();
+            with_span(self.id, |s| s.extra_mut().attrs.push((key, value)));
+        }
     }
 
     /// What the span stands for (`None` for an inert guard).
@@ -489,5 +538,5 @@ pub fn current_trace_id() -> Option<TraceId> {
 
 /// The id of the thread's current span (for an attached context: the span it continues).
 pub fn current_span_id() -> Option<SpanId> {
-    with_current(|s| crate::context::context_of(s).span_id()).flatten()
+    crate::context::capture().and_then(|c| c.span_id())
 }

@@ -1,6 +1,6 @@
 //! The uploader thread: receives each period's `TraceModel` from the aggregator and hands it to
 //! the reporters (console, Stardust server, user reporters). It runs apart from the
-//! aggregator so a slow server never stops the span channel from being drained.
+//! aggregator so a slow server never stops spans from being aggregated.
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,23 @@ pub(crate) struct Uploader {
     pub shutdown_timeout: Duration,
 }
 
+/// Runs `f` on one sink; a panic in it is caught and logged (the sink keeps its place and
+/// gets the next call), never propagated. Returns `None` when it panicked.
+fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic".to_owned());
+            log::error!("stardust: a reporter panicked in {what} ({why}); it stays installed");
+            None
+        }
+    }
+}
+
 impl Uploader {
     pub(crate) fn run(mut self) {
         let mut next_tick: Option<Instant> = self.tick();
@@ -94,13 +111,13 @@ impl Uploader {
                 UpMsg::Flush(model, reply) => {
                     let deadline = Instant::now() + self.shutdown_timeout;
                     for s in &mut self.sinks {
-                        s.flush(model.as_ref(), deadline);
+                        guarded("flush", || s.flush(model.as_ref(), deadline));
                     }
                     let _ = reply.send(());
                 }
                 UpMsg::Shutdown(model, reply, deadline) => {
                     for s in &mut self.sinks {
-                        s.shutdown(model.as_ref(), deadline);
+                        guarded("shutdown", || s.shutdown(model.as_ref(), deadline));
                     }
                     let _ = reply.send(());
                     return;
@@ -110,18 +127,21 @@ impl Uploader {
         }
         let deadline = Instant::now() + self.shutdown_timeout;
         for s in &mut self.sinks {
-            s.shutdown(None, deadline);
+            guarded("shutdown", || s.shutdown(None, deadline));
         }
     }
 
     fn report(&mut self, model: &TraceModel) {
         for s in &mut self.sinks {
-            s.report(model);
+            guarded("report", || s.report(model));
         }
     }
 
     fn tick(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        self.sinks.iter_mut().filter_map(|s| s.tick(now)).min()
+        self.sinks
+            .iter_mut()
+            .filter_map(|s| guarded("tick", || s.tick(now)).flatten())
+            .min()
     }
 }

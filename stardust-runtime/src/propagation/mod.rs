@@ -6,7 +6,8 @@
 //! a context or `None`, never a panic, and no more than a bounded amount of memory is allocated
 //! beyond the carrier's own list of header lines.
 //!
-//! SkyWalking `sw8` (§4) is not handled here: `extract_with` takes it as a fallback source.
+//! SkyWalking `sw8` (§4) is parsed in `skywalking::sw8`; with the `skywalking` feature,
+//! `extract_sw8` adds it here as the fifth source through `extract_with`.
 
 mod carrier;
 pub(crate) mod newlife;
@@ -41,9 +42,9 @@ pub(crate) enum Source {
     EagleEye,
     /// `TraceId`, bare or holding a traceparent.
     TraceId,
-    /// SkyWalking `sw8` (§4), read by the fallback source given to [`extract_with`]. Nothing in
-    /// this module produces it.
-    #[allow(dead_code)] // until the SkyWalking source exists
+    /// SkyWalking `sw8` (§4), the fallback source given to [`extract_with`] by
+    /// [`extract_sw8`] (feature `skywalking`).
+    #[cfg_attr(not(feature = "skywalking"), allow(dead_code))]
     Sw8,
 }
 
@@ -87,6 +88,19 @@ pub(crate) fn extract_with<E: Extractor + ?Sized>(
         .or_else(|| from_eagleeye(carrier))
         .or_else(|| from_trace_id(carrier))
         .or_else(|| fallback(carrier))
+}
+
+/// [`extract`] with SkyWalking's `sw8` as the fifth source (propagation.md §2), and the parsed
+/// `sw8` itself whichever source won: the segment's `CrossProcess` reference comes from it
+/// even when `traceparent` gives the context. A repeated `sw8` is invalid, as `traceparent`.
+#[cfg(feature = "skywalking")]
+pub(crate) fn extract_sw8<E: Extractor + ?Sized>(
+    carrier: &E,
+) -> (Option<RemoteContext>, Option<crate::skywalking::sw8::Sw8>) {
+    let sw8 =
+        single(carrier, crate::skywalking::sw8::SW8).and_then(crate::skywalking::sw8::Sw8::parse);
+    let remote = extract_with(carrier, |_| sw8.as_ref().map(|h| h.to_remote()));
+    (remote, sw8)
 }
 
 /// The one line of a header, or `None` when it is absent or repeated. Two or more

@@ -324,47 +324,9 @@ impl StardustSink {
         self.next_drain = None;
     }
 
-    /// Applies a `TraceResponse` by the .NET rules: positive values replace, `excludes`
-    /// always replaces; absurd values are clamped (logged once).
+    /// Applies a `TraceResponse` (see [`apply_trace_response`]); clamping is logged once.
     fn apply(&mut self, reply: &Value) {
-        let Value::Object(data) = reply else { return };
-        let mut clamped = Vec::new();
-        let mut set = |key: &str, max: i64, target: &std::sync::atomic::AtomicI32| {
-            if let Some(v) = get_i64(data, key).filter(|v| *v > 0) {
-                if v > max {
-                    clamped.push(format!("{key}={v}"));
-                }
-                target.store(v.min(max) as i32, Ordering::Relaxed);
-            }
-        };
-        set("maxSamples", 1000, &SETTINGS.max_samples);
-        set("maxErrors", 1000, &SETTINGS.max_errors);
-        set("timeout", 3_600_000, &SETTINGS.timeout_ms);
-        set("maxTagLength", 64 * 1024, &SETTINGS.max_tag_length);
-        if let Some(p) = get_i64(data, "period").filter(|v| *v > 0) {
-            if p > 3600 {
-                clamped.push(format!("period={p}"));
-            }
-            SETTINGS
-                .period_secs
-                .store(p.clamp(1, 3600) as u32, Ordering::Relaxed);
-        }
-        let excludes = match get_ci(data, "excludes") {
-            Some(Value::Array(items)) => {
-                if items.len() > MAX_EXCLUDES {
-                    clamped.push(format!("excludes: {} patterns", items.len()));
-                }
-                items
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .filter(|s| !s.is_empty() && s.len() <= 256)
-                    .take(MAX_EXCLUDES)
-                    .map(str::to_owned)
-                    .collect()
-            }
-            _ => Vec::new(),
-        };
-        SETTINGS.set_excludes(excludes);
+        let clamped = apply_trace_response(reply);
         if !clamped.is_empty() && !self.clamp_logged {
             self.clamp_logged = true;
             log::warn!(
@@ -375,7 +337,7 @@ impl StardustSink {
     }
 
     fn logout(&mut self, deadline: Instant) {
-        if !self.logged_in {
+        if !self.logged_in || self.api.token.is_none() {
             return;
         }
         let bound = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
@@ -391,6 +353,94 @@ impl StardustSink {
         }
         self.logged_in = false;
     }
+}
+
+/// Applies a `TraceResponse` by the .NET rules: positive values replace, `excludes` always
+/// replaces (absent or null clears it). Absurd values are clamped (period 1..=3600 s, samples
+/// and errors ≤ 1000, timeout ≤ 1 h, tags ≤ 64 Ki characters, ≤ 1000 exclude patterns of ≤ 256
+/// bytes); returns what was clamped. Wrong types are ignored.
+pub(crate) fn apply_trace_response(reply: &Value) -> Vec<String> {
+    let mut clamped = Vec::new();
+    let Value::Object(data) = reply else {
+        return clamped;
+    };
+    let mut set = |key: &str, max: i64, target: &std::sync::atomic::AtomicI32| {
+        if let Some(v) = get_i64(data, key).filter(|v| *v > 0) {
+            if v > max {
+                clamped.push(format!("{key}={v}"));
+            }
+            target.store(v.min(max) as i32, Ordering::Relaxed);
+        }
+    };
+    set("maxSamples", 1000, &SETTINGS.max_samples);
+    set("maxErrors", 1000, &SETTINGS.max_errors);
+    set("timeout", 3_600_000, &SETTINGS.timeout_ms);
+    set("maxTagLength", 64 * 1024, &SETTINGS.max_tag_length);
+    if let Some(p) = get_i64(data, "period").filter(|v| *v > 0) {
+        if p > 3600 {
+            clamped.push(format!("period={p}"));
+        }
+        SETTINGS
+            .period_secs
+            .store(p.clamp(1, 3600) as u32, Ordering::Relaxed);
+    }
+    let excludes = match get_ci(data, "excludes") {
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_EXCLUDES {
+                clamped.push(format!("excludes: {} patterns", items.len()));
+            }
+            items
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 256)
+                .take(MAX_EXCLUDES)
+                .map(str::to_owned)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    SETTINGS.set_excludes(excludes);
+    clamped
+}
+
+/// Fuzz entry: a reply body read as the client reads every reply — the envelope, then the
+/// fields of a `TraceResponse`, a login and a ping reply. The shared settings are put back
+/// afterwards.
+pub(crate) fn fuzz_reply(data: &[u8]) {
+    let Ok(value) = api::parse_envelope(data) else {
+        return;
+    };
+    let saved = SETTINGS.snapshot();
+    let saved_period = SETTINGS.period_secs.load(Ordering::Relaxed);
+    let saved_excludes = SETTINGS.excludes();
+    apply_trace_response(&value);
+    let after = SETTINGS.snapshot();
+    assert!((1..=1000).contains(&after.max_samples) || after.max_samples == saved.max_samples);
+    assert!(after.max_tag_length <= 64 * 1024 || after.max_tag_length == saved.max_tag_length);
+    assert!((1..=3600).contains(&SETTINGS.period_secs.load(Ordering::Relaxed)));
+    assert!(SETTINGS.excludes().len() <= MAX_EXCLUDES);
+    if let Value::Object(o) = &value {
+        let _ = (
+            get_str(o, "token"),
+            get_str(o, "code"),
+            get_str(o, "secret"),
+        );
+        let _ = (get_i64(o, "serverTime"), get_i64(o, "period"));
+    }
+    SETTINGS
+        .max_samples
+        .store(saved.max_samples, Ordering::Relaxed);
+    SETTINGS
+        .max_errors
+        .store(saved.max_errors, Ordering::Relaxed);
+    SETTINGS
+        .timeout_ms
+        .store(saved.timeout_ms, Ordering::Relaxed);
+    SETTINGS
+        .max_tag_length
+        .store(saved.max_tag_length, Ordering::Relaxed);
+    SETTINGS.period_secs.store(saved_period, Ordering::Relaxed);
+    SETTINGS.set_excludes(saved_excludes);
 }
 
 fn md5_upper(bytes: &[u8]) -> String {
@@ -414,7 +464,11 @@ impl Sink for StardustSink {
         if self.logged_in {
             if let Some(at) = self.next_ping {
                 if now >= at {
-                    self.ping();
+                    // No token (an auto-registered app the server keeps disabled): a ping could
+                    // only be refused and trigger a login loop.
+                    if self.api.token.is_some() {
+                        self.ping();
+                    }
                     self.next_ping = Some(Instant::now() + self.ping_period);
                 }
             }
@@ -422,14 +476,17 @@ impl Sink for StardustSink {
         if self.logged_in && !self.queue.is_empty() && self.next_drain.is_some_and(|d| now >= d) {
             self.drain(None);
         }
+        if self.queue.is_empty() {
+            self.next_drain = None;
+        }
         let mut next = Vec::with_capacity(3);
         if !self.logged_in {
+            // The queue is only replayed once logged in: wake for the next login, not for a
+            // retry time that may have passed (that would spin the uploader thread).
             next.push(self.next_login);
-        } else if let Some(p) = self.next_ping {
-            next.push(p);
-        }
-        if let Some(d) = self.next_drain {
-            next.push(d);
+        } else {
+            next.extend(self.next_ping);
+            next.extend(self.next_drain);
         }
         next.into_iter().min()
     }

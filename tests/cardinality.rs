@@ -1,0 +1,61 @@
+//! High cardinality: a million distinct dynamic span names in one period keep memory bounded —
+//! at most 10,000 builders per period, the rest counted under one overflow builder, nothing
+//! lost.
+
+mod common;
+
+use std::time::Duration;
+
+use stardust_runtime::Config;
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_million_names_in_one_period_stay_bounded() {
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .reporter(capture)
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    const N: usize = 1_000_000;
+    let before = peak_rss_kb();
+    for i in 0..N {
+        drop(stardust_runtime::span(format!("user/{i}")));
+        if i % 10_000 == 9_999 {
+            // Pace the producer so that even an unoptimised build's aggregator keeps up: this
+            // test is about builders, not about overload (that is the soak's and the bench's).
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    }
+    assert!(guard.flush());
+    let after = peak_rss_kb();
+    let models = common::drain(&rx);
+    let builders: Vec<_> = models.iter().flat_map(|m| &m.builders).collect();
+    let total: i64 = builders.iter().map(|b| b.total as i64).sum();
+    assert_eq!(total, N as i64, "every span counted");
+    assert_eq!(stardust_runtime::dropped_spans(), 0);
+    assert!(builders.len() <= 10_001, "{} builders", builders.len());
+    let overflow = builders
+        .iter()
+        .find(|b| b.name == "stardust:overflow")
+        .expect("an overflow builder");
+    assert_eq!(overflow.total as usize, N - 10_000);
+    eprintln!("cardinality: peak RSS {before} kB before, {after} kB after");
+    assert!(
+        after < before + 64 * 1024,
+        "memory grew by {} kB",
+        after - before
+    );
+}

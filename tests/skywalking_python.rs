@@ -1,0 +1,172 @@
+//! Cross-check of `sw8` / `sw8-correlation` with an implementation we did not write: the Python
+//! agent's carrier (`apache-skywalking` 1.3.0, `skywalking.trace.carrier.Carrier`). Python must
+//! decode our headers to the same fields, and we must decode its output to the same fields.
+//!
+//! Needs `python3` with `pip install --no-deps apache-skywalking==1.3.0` (done by `.ci/run`);
+//! without them these tests fail, they do not skip.
+#![cfg(feature = "skywalking")]
+
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use stardust_runtime::{Config, SpanContext, correlation, entry_span, exit_span, init_with};
+use support::fake_oap::FakeOap;
+
+/// Runs `script` with `python3`, the carrier module imported, `env` in the environment; the
+/// script prints one JSON value.
+fn python(script: &str, env: &[(&str, &str)]) -> Value {
+    let prelude = "\
+import json, os, sys
+from importlib.metadata import version
+v = version('apache-skywalking')
+assert v == '1.3.0', 'apache-skywalking ' + v + ' installed, the cross-check pins 1.3.0'
+from skywalking.trace.carrier import Carrier
+";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}{script}"))
+        .envs(env.iter().copied())
+        .output()
+        .expect(
+            "python3 is needed for the SkyWalking cross-check (with: python3 -m pip install --no-deps apache-skywalking==1.3.0)",
+        );
+    assert!(
+        out.status.success(),
+        "python3 failed (is apache-skywalking==1.3.0 installed? python3 -m pip install --no-deps apache-skywalking==1.3.0):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+const DECODE: &str = "\
+c = Carrier()
+c.val = os.environ['SW8']
+for item in c:
+    if item.key == 'sw8-correlation':
+        item.val = os.environ.get('SW8_CORRELATION', '')
+print(json.dumps({
+    'valid': c.is_valid,
+    'trace_id': c.trace_id, 'segment_id': c.segment_id, 'span_id': c.span_id,
+    'service': c.service, 'service_instance': c.service_instance,
+    'endpoint': c.endpoint, 'client_address': c.client_address,
+    'correlation': c.correlation_carrier.correlation,
+}))
+";
+
+const ENCODE: &str = "\
+c = Carrier(trace_id=os.environ['T'], segment_id=os.environ['S'], span_id='7',
+            service='py-svc', service_instance='py-inst@host-1', endpoint='/py/übersicht',
+            client_address='rust-svc:8080', correlation={'tenant': 'acme', 'region': 'eu-1'})
+print(json.dumps({'sw8': c.val, 'sw8-correlation': c.correlation_carrier.val}))
+";
+
+/// Our `sw8` (from an exit span of a segment with non-ASCII names) read by Python's carrier.
+#[test]
+fn python_decodes_our_sw8_to_the_same_fields() {
+    let _s = common::serial();
+    let oap = FakeOap::start();
+    let guard = init_with(
+        Config::new()
+            .console(false)
+            .skywalking(&oap.base_url())
+            .skywalking_service("订单-service")
+            .skywalking_instance("orders@host-1"),
+    )
+    .unwrap();
+    let mut headers: HashMap<String, String> = HashMap::new();
+    {
+        let _root = entry_span("/checkout/确认", &Vec::<(String, String)>::new());
+        correlation::set("tenant", "acme").unwrap();
+        correlation::set("note", "a-b:c,d=é").unwrap();
+        let exit = exit_span("inventory/check", "inventory:8080");
+        exit.inject(&mut headers);
+    }
+    drop(guard);
+    assert!(oap.wait_for(|s| !s.segments.is_empty(), Duration::from_secs(5)));
+    oap.assert_no_violations();
+    let seg = &oap.segments()[0];
+    let exit = seg["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spanType"] == "Exit")
+        .expect("exit span");
+
+    let got = python(
+        DECODE,
+        &[
+            ("SW8", &headers["sw8"]),
+            ("SW8_CORRELATION", &headers["sw8-correlation"]),
+        ],
+    );
+    assert_eq!(got["valid"], true, "{got}");
+    assert_eq!(got["trace_id"], seg["traceId"]);
+    assert_eq!(got["segment_id"], seg["traceSegmentId"]);
+    assert_eq!(got["span_id"], exit["spanId"].to_string());
+    assert_eq!(got["service"], "订单-service");
+    assert_eq!(got["service_instance"], "orders@host-1");
+    assert_eq!(got["endpoint"], "/checkout/确认");
+    assert_eq!(got["client_address"], "inventory:8080");
+    assert_eq!(got["correlation"]["tenant"], "acme");
+    assert_eq!(got["correlation"]["note"], "a-b:c,d=é");
+}
+
+/// Python's `sw8` (a trace id that is not 32 hex, unpadded-safe Base64 of UTF-8) read by us:
+/// the context continues its trace, the segment refers to its span, correlation arrives.
+#[test]
+fn we_decode_python_sw8_to_the_same_fields() {
+    let _s = common::serial();
+    let trace = "py.4bf92f3577b34da6.17000000000001";
+    let segment = "0b3e4c2f9a1d4e7f8a6b5c4d3e2f1a0b";
+    let made = python(ENCODE, &[("T", trace), ("S", segment)]);
+    let headers = vec![
+        ("sw8".to_owned(), made["sw8"].as_str().unwrap().to_owned()),
+        (
+            "sw8-correlation".to_owned(),
+            made["sw8-correlation"].as_str().unwrap().to_owned(),
+        ),
+    ];
+
+    let oap = FakeOap::start();
+    let guard = init_with(
+        Config::new()
+            .console(false)
+            .skywalking(&oap.base_url())
+            .skywalking_service("rust-svc"),
+    )
+    .unwrap();
+    let ctx = SpanContext::extract(&headers).expect("python's sw8 gives a context");
+    assert_eq!(ctx.trace_id().to_string(), trace);
+    let (tenant, region) = {
+        let _entry = entry_span("/from-python", &headers);
+        (correlation::get("tenant"), correlation::get("region"))
+    };
+    assert_eq!(tenant.as_deref(), Some("acme"));
+    assert_eq!(region.as_deref(), Some("eu-1"));
+    drop(guard);
+    assert!(oap.wait_for(|s| !s.segments.is_empty(), Duration::from_secs(5)));
+    oap.assert_no_violations();
+    let seg = &oap.segments()[0];
+    assert_eq!(seg["traceId"], trace);
+    let root = &seg["spans"][0];
+    assert_eq!(root["spanType"], "Entry");
+    let r = &root["refs"][0];
+    assert_eq!(r["refType"], "CrossProcess");
+    assert_eq!(r["traceId"], trace);
+    assert_eq!(r["parentTraceSegmentId"], segment);
+    assert_eq!(r["parentSpanId"], 7);
+    assert_eq!(r["parentService"], "py-svc");
+    assert_eq!(r["parentServiceInstance"], "py-inst@host-1");
+    assert_eq!(r["parentEndpoint"], "/py/übersicht");
+    assert_eq!(r["networkAddressUsedAtPeer"], "rust-svc:8080");
+}

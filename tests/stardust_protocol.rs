@@ -1,0 +1,1173 @@
+//! End to end against the strict fake Stardust server (tests/support/fake_stardust.rs): login
+//! and token handling, reply parsing, clock sync, reports (plain and gzip), the retry queue,
+//! excludes, shutdown. Every test counts what the server recorded, exactly.
+//!
+//! Periods are cut with `flush()` (the first automatic cut is 60 s away), except in the
+//! concurrent test at the end, which runs on 1-s periods.
+
+mod common;
+/// Only the fake Stardust server of tests/support (not the other fakes there).
+mod support {
+    #![allow(dead_code, unused_imports)]
+    pub mod fake_stardust;
+}
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use stardust_runtime::{Config, Guard, trace};
+use support::fake_stardust::*;
+
+const APP: &str = "ProtoApp";
+const SECRET: &str = "s3cret-Value-42";
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---- helpers -------------------------------------------------------------------------------
+
+/// Every log line of the runtime, to check that no secret or token is ever logged.
+static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct TestLog;
+
+impl log::Log for TestLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("stardust")
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{} {}: {}", r.level(), r.target(), r.args());
+            eprintln!("{line}");
+            LOG_LINES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn log_lines() -> Vec<String> {
+    LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn install_logger() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&TestLog).expect("logger");
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+/// Client config: flush-driven periods, short timeouts, a big span channel (nothing dropped).
+fn config(fake: &FakeStardust) -> Config {
+    Config::new()
+        .server(&fake.base_url())
+        .app_id(APP)
+        .secret(SECRET)
+        .version("1.2.3")
+        .period(Duration::from_secs(60))
+        .first_report_delay(Duration::from_secs(60))
+        .request_timeout(Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_secs(3))
+        .channel_capacity(16 * 1024)
+        .console(false)
+}
+
+fn fake_with_app() -> FakeStardust {
+    FakeStardust::builder().app(APP, Some(SECRET)).start()
+}
+
+fn start(cfg: Config) -> Guard {
+    install_logger();
+    let t = Instant::now();
+    let guard = stardust_runtime::init_with(cfg).expect("init");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "init must not block on the network (took {:?})",
+        t.elapsed()
+    );
+    guard
+}
+
+/// Waits until `n` logins succeeded and the client had time to take in the last reply (its
+/// token and the server clock: spans aggregated before that carry local time).
+fn wait_logins(fake: &FakeStardust, n: usize) {
+    let answered = |r: &Recorded| {
+        r.requests
+            .iter()
+            .filter(|q| q.endpoint == Endpoint::Login && matches!(q.response_code(), Some(0 | 200)))
+            .count()
+    };
+    assert!(
+        fake.wait_for(|r| answered(r) >= n, WAIT),
+        "expected {n} successful login(s); got {:#?}",
+        fake.logins()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn expect(rows: &[(&str, u64, u64)]) -> BTreeMap<String, (u64, u64)> {
+    rows.iter()
+        .map(|(n, t, e)| (n.to_string(), (*t, *e)))
+        .collect()
+}
+
+fn wait_totals(fake: &FakeStardust, want: &BTreeMap<String, (u64, u64)>, timeout: Duration) {
+    let ok = fake.wait_for(|r| r.totals_by_name() == *want, timeout);
+    assert!(
+        ok,
+        "server totals {:?} != calls made {want:?}",
+        fake.totals_by_name()
+    );
+}
+
+fn is_report(r: &RecordedRequest) -> bool {
+    matches!(r.endpoint, Endpoint::Report | Endpoint::ReportRaw)
+}
+
+fn report_requests(fake: &FakeStardust) -> Vec<RecordedRequest> {
+    fake.requests().into_iter().filter(is_report).collect()
+}
+
+/// Builders of a report as the client sent them, by name.
+fn sent_builders(rep: &ReportRecord) -> BTreeMap<String, Value> {
+    rep.model["Builders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["Name"].as_str().unwrap().to_string(), b.clone()))
+        .collect()
+}
+
+fn count(b: &Value, key: &str) -> i64 {
+    b[key].as_i64().unwrap_or_else(|| panic!("{key} in {b}"))
+}
+
+fn samples(b: &Value, key: &str) -> usize {
+    b[key].as_array().map_or(0, Vec::len)
+}
+
+fn bearer(r: &RecordedRequest) -> Option<String> {
+    r.header("authorization").map(|a| {
+        a.strip_prefix("Bearer ")
+            .expect("Bearer prefix")
+            .to_string()
+    })
+}
+
+/// No token or secret in any URL, no plaintext secret anywhere, only `Bearer` auth, and none
+/// of the fake's strictness rules broken.
+fn assert_clean(fake: &FakeStardust, secret: Option<&str>) {
+    for r in fake.requests() {
+        let q = r.query.to_ascii_lowercase();
+        assert!(!q.contains("token"), "token in the URL: {} {q}", r.path);
+        if let Some(a) = r.header("authorization") {
+            assert!(a.starts_with("Bearer "), "{a}");
+            let t = &a["Bearer ".len()..];
+            assert!(!q.contains(&t.to_ascii_lowercase()));
+        }
+        if let Some(s) = secret {
+            let s = s.to_ascii_lowercase();
+            assert!(!q.contains(&s), "secret in the URL");
+            assert!(!r.body_text().to_ascii_lowercase().contains(&s));
+            if let Some(j) = &r.json {
+                assert!(!j.to_string().to_ascii_lowercase().contains(&s));
+            }
+            for (k, v) in &r.headers {
+                assert!(!v.to_ascii_lowercase().contains(&s), "secret in header {k}");
+            }
+        }
+    }
+    // Nothing secret in the log: no app secret, no token.
+    let rec = fake.recorded();
+    let mut secrets: Vec<String> = fake.apps().into_iter().filter_map(|a| a.secret).collect();
+    secrets.extend(secret.map(str::to_string));
+    secrets.extend(rec.logins.iter().filter_map(|l| l.token.clone()));
+    secrets.extend(rec.pings.iter().filter_map(|p| p.new_token.clone()));
+    for line in log_lines() {
+        for s in &secrets {
+            assert!(
+                !line.contains(s.as_str()),
+                "logged a secret or token: {line}"
+            );
+        }
+    }
+    fake.assert_no_violations();
+}
+
+#[trace("proto/ok")]
+fn ok_op() {}
+
+#[trace("proto/fail")]
+fn fail_op(i: u32) -> Result<u32, String> {
+    Err(format!("failure {i}"))
+}
+
+fn calls(ok: u32, fail: u32) {
+    for _ in 0..ok {
+        ok_op();
+    }
+    for i in 0..fail {
+        let _ = fail_op(i);
+    }
+}
+
+// ---- login, replies, tokens ----------------------------------------------------------------
+
+#[test]
+fn login_body_and_salted_secret() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake).app_name("Proto App"));
+    let t0 = Instant::now();
+    // Logged in in the background, with no span made.
+    wait_logins(&fake, 1);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let l = &fake.logins()[0];
+    assert_eq!(l.code, 0);
+    assert_eq!(l.app_id, APP);
+    assert_eq!(l.secret.form, SecretForm::Salted, "{:?}", l.secret);
+    assert!(l.secret.ok, "{:?}", l.secret);
+    assert!(!l.auto_registered && !l.disclosed_secret);
+    let body = l.body.as_object().unwrap();
+    assert_eq!(body["AppId"], APP);
+    assert_eq!(body["Code"], APP);
+    assert_eq!(body["AppName"], "Proto App");
+    assert_eq!(body["Version"], "1.2.3");
+    let client_id = body["ClientId"].as_str().unwrap();
+    let (ip, pid) = client_id.split_once('@').unwrap();
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{client_id}");
+    assert_eq!(pid, std::process::id().to_string());
+    assert!((body["Time"].as_i64().unwrap() - now_ms()).abs() < 10_000);
+    assert!(body["IP"].is_string());
+    // `$md5$<unixSec>$<MD5u(MD5u(secret) + unixSec)>`, checked here independently.
+    let sent = body["Secret"].as_str().unwrap();
+    let parts: Vec<&str> = sent.split('$').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!((parts[0], parts[1]), ("", "md5"));
+    let salt: i64 = parts[2].parse().unwrap();
+    assert!((salt - now_ms() / 1000).abs() < 10);
+    assert_eq!(parts[3], md5_upper(&(md5_upper(SECRET) + parts[2])));
+    assert_ne!(sent, SECRET);
+    // The HTTP request itself.
+    let req = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.endpoint == Endpoint::Login)
+        .unwrap();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/App/Login");
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert_eq!(req.header("authorization"), None, "login is anonymous");
+
+    // First ping ~3 s after login, with the token and the process metrics.
+    assert!(fake.wait_for(|r| !r.pings.is_empty(), WAIT));
+    let reqs = fake.requests();
+    let login_at = reqs[0].received_instant;
+    let ping_req = reqs.iter().find(|r| r.endpoint == Endpoint::Ping).unwrap();
+    let after = ping_req.received_instant - login_at;
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_millis(4500),
+        "first ping {after:?} after login"
+    );
+    assert_eq!(bearer(ping_req), l.token);
+    let ping = &fake.pings()[0];
+    assert_eq!(ping.app, APP);
+    assert_eq!(ping.client_id, client_id);
+    assert_eq!(ping.body["Id"], std::process::id());
+    assert_eq!(ping.body["Version"], "1.2.3");
+    assert!((ping.body["Time"].as_i64().unwrap() - now_ms()).abs() < 10_000);
+    drop(guard);
+    assert_eq!(fake.logins().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
+
+/// Login, report and reply handling with the given reply style: the token is used, the
+/// server clock (5 min ahead) is adopted, and the TraceResponse settings are applied.
+fn replies_are_understood(pascal: bool, code_200: bool) {
+    let _s = common::serial();
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .pascal_case(pascal)
+        .success_code_200(code_200)
+        .clock_offset_ms(300_000)
+        .trace_response(TraceResponseCfg {
+            max_samples: 3,
+            ..Default::default()
+        })
+        .start();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    let token = fake.logins()[0].token.clone().unwrap();
+    if pascal {
+        let r = fake.requests()[0].response.clone().unwrap();
+        let j = r.json.unwrap();
+        assert!(
+            j.get("Code").is_some() && j["Data"].get("Token").is_some(),
+            "{j}"
+        );
+    }
+    if code_200 {
+        assert_eq!(fake.requests()[0].response_code(), Some(200));
+    }
+
+    for _ in 0..10 {
+        ok_op();
+    }
+    assert!(guard.flush());
+    for _ in 0..10 {
+        ok_op();
+    }
+    assert!(guard.flush());
+    wait_totals(&fake, &expect(&[("proto/ok", 20, 0)]), WAIT);
+
+    let reps = fake.reports();
+    assert_eq!(reps.len(), 2);
+    let (b1, b2) = (
+        &sent_builders(&reps[0])["proto/ok"],
+        &sent_builders(&reps[1])["proto/ok"],
+    );
+    // Default 1 sample, then the 3 the server asked for.
+    assert_eq!(samples(b1, "Samples"), 1, "{b1}");
+    assert_eq!(samples(b2, "Samples"), 3, "{b2}");
+    // Timestamps follow the server clock (5 minutes ahead), not the local one.
+    let start = count(b2, "StartTime");
+    assert!(
+        (start - fake.server_now_ms()).abs() < 10_000,
+        "StartTime {start} vs server {}",
+        fake.server_now_ms()
+    );
+    assert!(start - now_ms() > 280_000);
+
+    let reqs = report_requests(&fake);
+    assert_eq!(reqs.len(), 2, "a success must not be retried");
+    for r in &reqs {
+        assert_eq!(bearer(r).as_deref(), Some(token.as_str()));
+    }
+    assert_eq!(fake.logins().len(), 1);
+    drop(guard);
+    assert_eq!(fake.logouts().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn camel_case_replies() {
+    replies_are_understood(false, false);
+}
+
+#[test]
+fn pascal_case_replies() {
+    replies_are_understood(true, false);
+}
+
+#[test]
+fn code_200_is_success() {
+    replies_are_understood(false, true);
+}
+
+#[test]
+fn token_refresh_through_ping() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .token_lifetime(Duration::from_secs(4))
+        .ping_period(1)
+        .start();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    let login_at = Instant::now();
+    let token0 = fake.logins()[0].token.clone().unwrap();
+    // First ping at ~3 s; each reply carries a fresh token (lifetime < refresh window).
+    assert!(fake.wait_for(|r| r.pings.len() >= 3, Duration::from_secs(8)));
+    // Outlive the login token (4..5 s), then report.
+    std::thread::sleep(Duration::from_millis(6000).saturating_sub(login_at.elapsed()));
+    assert!(fake.verify_token(&token0).is_none(), "login token expired");
+    calls(2, 1);
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        WAIT,
+    );
+
+    let rec = fake.recorded();
+    // Each ping used the token the previous reply handed out.
+    let ping_reqs: Vec<_> = rec.requests_to(Endpoint::Ping).collect();
+    let mut expected = token0.clone();
+    for (req, ping) in ping_reqs.iter().zip(&rec.pings) {
+        assert_eq!(req.seq, ping.seq, "every ping was accepted");
+        assert_eq!(bearer(req).as_deref(), Some(expected.as_str()));
+        expected = ping.new_token.clone().expect("refreshed");
+    }
+    let rep = report_requests(&fake);
+    assert_eq!(rep.len(), 1);
+    let used = bearer(&rep[0]).unwrap();
+    assert_ne!(used, token0);
+    assert!(
+        rec.pings
+            .iter()
+            .any(|p| p.new_token.as_ref() == Some(&used))
+    );
+    assert_eq!(rep[0].response_code(), Some(0));
+    assert_eq!(rec.logins.len(), 1, "no re-login was needed");
+    drop(guard);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn code_401_logs_in_again_and_retries_the_same_call() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+
+    // The server forgot its tokens (restart with a new TokenSecret): the JWT gets a real 401.
+    calls(5, 2);
+    fake.invalidate_tokens();
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 5, 0), ("proto/fail", 2, 2)]),
+        WAIT,
+    );
+    // Then an injected `{code:401}` envelope.
+    calls(1, 1);
+    fake.push_fault(
+        On::Report,
+        Fault::code(401, "非法访问[ProtoApp] 令牌已过期"),
+    );
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 6, 0), ("proto/fail", 3, 3)]),
+        WAIT,
+    );
+
+    let rec = fake.recorded();
+    let logins: Vec<_> = rec.requests_to(Endpoint::Login).collect();
+    let reports: Vec<_> = rec.requests.iter().filter(|r| is_report(r)).collect();
+    assert_eq!(logins.len(), 3);
+    assert_eq!(reports.len(), 4);
+    assert_eq!(rec.reports.len(), 2);
+    for (refused, relogin, retry) in [
+        (reports[0], logins[1], reports[1]),
+        (reports[2], logins[2], reports[3]),
+    ] {
+        assert_eq!(refused.response_code(), Some(401));
+        assert!(refused.seq < relogin.seq && relogin.seq < retry.seq);
+        assert_eq!(retry.response_code(), Some(0));
+        assert_eq!(retry.endpoint, refused.endpoint);
+        assert_eq!(retry.json, refused.json, "the same report is sent again");
+        let new_token = rec.logins.iter().find(|l| l.seq == relogin.seq).unwrap();
+        assert_eq!(bearer(retry), new_token.token);
+    }
+    drop(guard);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn ping_401_and_403_log_in_again() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .ping_period(1)
+        .start();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    // 401 on ping: log in again and send that ping again.
+    fake.push_fault(On::Ping, Fault::code(401, "非法访问[ProtoApp] 令牌已过期"));
+    assert!(fake.wait_for(|r| r.logins.len() >= 2 && !r.pings.is_empty(), WAIT));
+    fake.push_fault(On::Ping, Fault::code(403, "无效客户端！"));
+    assert!(fake.wait_for(|r| r.logins.len() >= 3, WAIT));
+
+    let rec = fake.recorded();
+    let pings: Vec<_> = rec.requests_to(Endpoint::Ping).collect();
+    let logins: Vec<_> = rec.requests_to(Endpoint::Login).collect();
+    assert_eq!(logins.len(), 3);
+    assert_eq!(pings[0].response_code(), Some(401));
+    assert!(pings[0].seq < logins[1].seq && logins[1].seq < pings[1].seq);
+    assert_eq!(pings[1].response_code(), Some(0));
+    assert_eq!(pings[1].seq, rec.pings[0].seq);
+    assert!(
+        pings[1].received_instant - logins[1].received_instant < Duration::from_secs(1),
+        "the refused ping is retried right after the new login"
+    );
+    assert_eq!(bearer(pings[1]), rec.logins[1].token);
+    let p403 = pings
+        .iter()
+        .find(|p| p.response_code() == Some(403))
+        .unwrap();
+    assert!(p403.seq < logins[2].seq);
+    assert!(logins[2].received_instant - p403.received_instant < Duration::from_secs(1));
+
+    // Reports then use the newest token.
+    calls(1, 0);
+    assert!(guard.flush());
+    wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
+    let rep = report_requests(&fake);
+    assert_eq!(rep.len(), 1);
+    assert_eq!(bearer(&rep[0]), fake.logins()[2].token);
+    drop(guard);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn auto_registered_secret_is_adopted() {
+    let _s = common::serial();
+    let fake = FakeStardust::start();
+    let guard = start(config(&fake).app_id("FreshApp").secret("wrong-but-unknown"));
+    wait_logins(&fake, 1);
+    let first = fake.logins()[0].clone();
+    assert!(first.auto_registered && first.disclosed_secret);
+    let issued = fake.app("FreshApp").unwrap().secret.unwrap();
+    // Force a second login (401 on the report): it uses the issued secret, salted.
+    calls(1, 0);
+    fake.invalidate_tokens();
+    assert!(guard.flush());
+    wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
+    let logins = fake.logins();
+    assert_eq!(logins.len(), 2);
+    assert!(!logins[1].auto_registered);
+    assert_eq!(logins[1].secret.form, SecretForm::Salted);
+    assert!(logins[1].secret.ok, "{:?}", logins[1].secret);
+    let sent = logins[1].body["Secret"].as_str().unwrap().to_string();
+    let salt = sent.split('$').nth(2).unwrap();
+    assert_eq!(
+        sent,
+        format!("$md5${salt}${}", md5_upper(&(md5_upper(&issued) + salt)))
+    );
+    assert!(
+        log_lines()
+            .iter()
+            .any(|l| l.contains("registered") && l.contains("FreshApp")),
+        "the adoption is announced once in the log"
+    );
+    drop(guard);
+    assert_clean(&fake, Some(&issued));
+}
+
+#[test]
+fn no_token_no_ping() {
+    let _s = common::serial();
+    // Auto-registered but kept disabled: login succeeds with `token: null`.
+    let fake = FakeStardust::builder()
+        .auto_register_enabled(false)
+        .ping_period(1)
+        .start();
+    let guard = start(config(&fake).app_id("Unapproved"));
+    wait_logins(&fake, 1);
+    assert_eq!(fake.logins()[0].token, None);
+    std::thread::sleep(Duration::from_millis(4000));
+    drop(guard);
+    let rec = fake.recorded();
+    assert_eq!(rec.requests_to(Endpoint::Ping).count(), 0);
+    assert_eq!(rec.requests_to(Endpoint::Logout).count(), 0);
+    assert_eq!(rec.logins.len(), 1, "no login loop");
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn fails_over_to_the_next_server() {
+    let _s = common::serial();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fake = fake_with_app();
+    let servers = format!("http://127.0.0.1:{dead}/,{}", fake.base_url());
+    let guard = start(config(&fake).server(&servers));
+    wait_logins(&fake, 1);
+    calls(2, 1);
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        WAIT,
+    );
+    drop(guard);
+    assert_eq!(fake.logouts().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
+
+// ---- failures and the retry queue ----------------------------------------------------------
+
+/// CPU time (user + system) of this process, in clock ticks.
+#[cfg(target_os = "linux")]
+fn cpu_ticks() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn server_down_at_start_then_up_delivers_everything() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    fake.refuse_connections();
+    let guard = start(config(&fake));
+    calls(3, 1);
+    assert!(guard.flush());
+    let first_queued = Instant::now();
+    calls(2, 0);
+    assert!(guard.flush());
+    assert!(fake.requests().is_empty());
+
+    // While logged out with reports queued, the uploader must wait, not spin (the retry
+    // timer of the queue is 5 s; measure past it).
+    #[cfg(target_os = "linux")]
+    {
+        std::thread::sleep(Duration::from_millis(5300).saturating_sub(first_queued.elapsed()));
+        let (c0, t0) = (cpu_ticks(), Instant::now());
+        std::thread::sleep(Duration::from_millis(1000));
+        let used = (cpu_ticks() - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+        assert!(used < 0.3, "process busy {:.0}% while idle", used * 100.0);
+    }
+    let _ = first_queued;
+
+    fake.accept_connections();
+    calls(1, 0);
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 6, 0), ("proto/fail", 1, 1)]),
+        WAIT,
+    );
+    let reps = fake.reports();
+    assert_eq!(reps.len(), 3);
+    // The current period first, then the queue, oldest first, without samples.
+    let ok_totals: Vec<i64> = reps
+        .iter()
+        .map(|r| count(&sent_builders(r)["proto/ok"], "Total"))
+        .collect();
+    assert_eq!(ok_totals, [1, 3, 2]);
+    assert!(sent_builders(&reps[1]).contains_key("proto/fail"));
+    for r in &reps[1..] {
+        for b in sent_builders(r).values() {
+            assert_eq!(samples(b, "Samples") + samples(b, "ErrorSamples"), 0, "{b}");
+        }
+    }
+    assert_eq!(fake.logins().len(), 1);
+    drop(guard);
+    assert_eq!(fake.totals_by_name().len(), 2);
+    assert_clean(&fake, Some(SECRET));
+}
+
+/// One report fails with `fault`; it is kept and delivered after the next success, exactly once.
+fn failed_report_is_replayed(fault: Fault) {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    calls(3, 2);
+    fake.push_fault(On::Report, fault.clone());
+    assert!(guard.flush());
+    let reqs = report_requests(&fake);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].fault.as_ref(), Some(&fault));
+    assert!(fake.reports().is_empty(), "nothing stored yet");
+
+    calls(4, 1);
+    assert!(guard.flush());
+    let want = expect(&[("proto/ok", 7, 0), ("proto/fail", 3, 3)]);
+    wait_totals(&fake, &want, WAIT);
+    let reqs = report_requests(&fake);
+    assert_eq!(reqs.len(), 3, "failed, current, replayed");
+    let reps = fake.reports();
+    assert_eq!(reps.len(), 2);
+    assert_eq!(count(&sent_builders(&reps[0])["proto/ok"], "Total"), 4);
+    let replay = sent_builders(&reps[1]);
+    assert_eq!(count(&replay["proto/ok"], "Total"), 3);
+    assert_eq!(count(&replay["proto/fail"], "Errors"), 2);
+    for b in replay.values() {
+        assert_eq!(samples(b, "Samples") + samples(b, "ErrorSamples"), 0, "{b}");
+    }
+    assert_eq!(
+        fake.logins().len(),
+        1,
+        "a transport error is not a reason to log in"
+    );
+    drop(guard);
+    assert_eq!(fake.totals_by_name(), want);
+    assert_eq!(fake.logouts().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn http_500_is_queued_and_replayed() {
+    failed_report_is_replayed(Fault::status(500));
+}
+
+#[test]
+fn http_503_is_queued_and_replayed() {
+    failed_report_is_replayed(Fault::status(503));
+}
+
+#[test]
+fn connection_reset_is_queued_and_replayed() {
+    failed_report_is_replayed(Fault::Drop);
+}
+
+#[test]
+fn garbage_body_is_queued_and_replayed() {
+    failed_report_is_replayed(Fault::garbage());
+}
+
+/// The reply would come after the client's 500 ms request timeout. (The fake only processes
+/// the request after the delay, i.e. never within this test, so the count stays exact.)
+#[test]
+fn slow_reply_is_queued_and_replayed() {
+    failed_report_is_replayed(Fault::slow(Duration::from_secs(120)));
+}
+
+/// A business error (code other than 0/200/401) drops that report: it is not retried.
+#[test]
+fn business_error_drops_the_report() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    calls(3, 1);
+    fake.push_fault(On::Report, Fault::code(500, "应用[ProtoApp]已禁用！"));
+    assert!(guard.flush());
+    calls(1, 0);
+    assert!(guard.flush());
+    let want = expect(&[("proto/ok", 1, 0)]);
+    wait_totals(&fake, &want, WAIT);
+    drop(guard);
+    assert_eq!(report_requests(&fake).len(), 2);
+    assert_eq!(fake.totals_by_name(), want);
+    assert_eq!(fake.logins().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn queued_report_is_retried_by_the_timer() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    calls(2, 1);
+    fake.push_fault(On::Report, Fault::status(500));
+    assert!(guard.flush());
+    // No further report: the queue is replayed ~5 s later by itself.
+    let want = expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]);
+    wait_totals(&fake, &want, Duration::from_secs(8));
+    let reqs = report_requests(&fake);
+    assert_eq!(reqs.len(), 2);
+    let after = reqs[1].received_instant - reqs[0].received_instant;
+    assert!(
+        after > Duration::from_millis(4500) && after < Duration::from_millis(6500),
+        "replayed {after:?} after the failure"
+    );
+    drop(guard);
+    assert_eq!(fake.totals_by_name(), want);
+    assert_clean(&fake, Some(SECRET));
+}
+
+// ---- report format and reply settings ------------------------------------------------------
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn large_report_goes_gzip_to_report_raw() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    let mut made = BTreeMap::new();
+    for i in 0..40u32 {
+        let name = format!("raw/operation-{i:03}");
+        let (n, errs) = (i % 3 + 1, u32::from(i % 4 == 0));
+        for k in 0..n {
+            let mut g = stardust_runtime::span(name.clone());
+            if k < errs {
+                g.set_error(format!("error in {name}"));
+            }
+        }
+        made.insert(name, (n as u64, errs as u64));
+    }
+    assert!(guard.flush());
+    wait_totals(&fake, &made, WAIT);
+    let req = &report_requests(&fake)[0];
+    assert_eq!(req.endpoint, Endpoint::ReportRaw);
+    assert_eq!(req.path, "/Trace/ReportRaw");
+    assert_eq!(req.header("content-type"), Some("application/x-gzip"));
+    let json = gunzip(&req.body);
+    assert!(json.len() > 1024);
+    let model: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(model["AppId"], APP);
+    assert_eq!(model["Version"], "1.2.3");
+    let sent: BTreeMap<String, (u64, u64)> = model["Builders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["Name"].as_str().unwrap().to_string(),
+                (count(b, "Total") as u64, count(b, "Errors") as u64),
+            )
+        })
+        .collect();
+    assert_eq!(sent, made);
+    assert!(fake.reports()[0].gzip);
+
+    // A small one stays plain JSON on /Trace/Report.
+    calls(1, 0);
+    assert!(guard.flush());
+    made.insert("proto/ok".into(), (1, 0));
+    wait_totals(&fake, &made, WAIT);
+    let req = &report_requests(&fake)[1];
+    assert_eq!(req.endpoint, Endpoint::Report);
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    assert!(req.body.len() <= 1024 && req.body[0] == b'{');
+    drop(guard);
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[trace("proto/excluded")]
+fn excluded_op() {}
+
+#[test]
+fn excludes_from_the_reply_apply_to_the_next_period() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .trace_response(TraceResponseCfg {
+            excludes: Some(vec!["PROTO/EXCL*".into(), "other".into()]),
+            ..Default::default()
+        })
+        .start();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    let period = |ok: u32, excl: u32| {
+        calls(ok, 0);
+        for _ in 0..excl {
+            excluded_op();
+        }
+        assert!(guard.flush());
+    };
+    let names = |i: usize| -> Vec<String> {
+        let reps = fake.reports();
+        assert!(reps.len() > i, "report {i} missing");
+        sent_builders(&reps[i]).into_keys().collect()
+    };
+    // 1: the client does not know the patterns yet.
+    period(2, 3);
+    assert_eq!(names(0), ["proto/excluded", "proto/ok"]);
+    // 2: it does now (wildcard, ignoring case).
+    period(1, 4);
+    assert_eq!(names(1), ["proto/ok"]);
+    // 3: the server drops the list; this period still uses it, the reply (null) clears it.
+    fake.update_settings(|s| s.trace_response.excludes = None);
+    period(1, 1);
+    assert_eq!(names(2), ["proto/ok"]);
+    // 4: nothing excluded any more.
+    period(1, 2);
+    assert_eq!(names(3), ["proto/excluded", "proto/ok"]);
+    assert_eq!(fake.reports()[2].response["excludes"], Value::Null);
+    drop(guard);
+    assert_eq!(
+        fake.recorded().totals_by_name(),
+        expect(&[("proto/excluded", 2, 0), ("proto/ok", 5, 0)])
+    );
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn server_clock_one_day_ahead_is_followed() {
+    let _s = common::serial();
+    const DAY: i64 = 86_400_000;
+    let fake = FakeStardust::builder()
+        .app("SkewApp", None)
+        .clock_offset_ms(DAY)
+        .start();
+    let guard = start(
+        Config::new()
+            .server(&fake.base_url())
+            .app_id("SkewApp")
+            .version("1.2.3")
+            .first_report_delay(Duration::from_secs(60))
+            .request_timeout(Duration::from_millis(500))
+            .console(false),
+    );
+    wait_logins(&fake, 1);
+    calls(2, 1);
+    assert!(guard.flush());
+    wait_totals(
+        &fake,
+        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        WAIT,
+    );
+    let server_now = fake.server_now_ms();
+    let local_now = now_ms();
+    let rep = &fake.reports()[0];
+    for b in sent_builders(rep).values() {
+        for k in ["StartTime", "EndTime"] {
+            let t = count(b, k);
+            assert!(
+                (t - server_now).abs() < 10_000,
+                "{k} {t} vs server {server_now}"
+            );
+            assert!((t - local_now - DAY).abs() < 10_000);
+        }
+        for s in ["Samples", "ErrorSamples"] {
+            for sample in b[s].as_array().into_iter().flatten() {
+                let t = count(sample, "StartTime");
+                assert!((t - server_now).abs() < 10_000, "sample {t}");
+            }
+        }
+    }
+    assert!(rep.dropped.is_empty());
+    drop(guard);
+    assert_clean(&fake, None);
+}
+
+// ---- shutdown ------------------------------------------------------------------------------
+
+#[test]
+fn shutdown_delivers_the_last_period_and_logs_out() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    calls(4, 3);
+    let t = Instant::now();
+    drop(guard);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        fake.totals_by_name(),
+        expect(&[("proto/ok", 4, 0), ("proto/fail", 3, 3)])
+    );
+    let rec = fake.recorded();
+    assert_eq!(rec.reports.len(), 1);
+    assert_eq!(rec.logouts.len(), 1);
+    let logout = rec.requests_to(Endpoint::Logout).next().unwrap();
+    assert_eq!(logout.path, "/App/Logout");
+    assert_eq!(logout.query, "reason=Dispose");
+    assert_eq!(rec.logouts[0].reason.as_deref(), Some("Dispose"));
+    assert_eq!(bearer(logout), rec.logins[0].token);
+    assert_eq!(logout.response_code(), Some(0));
+    assert!(rec.reports[0].seq < logout.seq, "report first, then logout");
+    assert_eq!(
+        rec.requests.last().unwrap().seq,
+        logout.seq,
+        "nothing after logout"
+    );
+    assert_clean(&fake, Some(SECRET));
+}
+
+#[test]
+fn hung_server_does_not_delay_shutdown() {
+    let _s = common::serial();
+    let bound = Duration::from_secs(1);
+    let margin = Duration::from_millis(300);
+    let fake = fake_with_app();
+    // Logged in, then every call hangs (request timeout 5 s: only the shutdown bound helps).
+    let guard = start(
+        config(&fake)
+            .request_timeout(Duration::from_secs(5))
+            .shutdown_timeout(bound),
+    );
+    wait_logins(&fake, 1);
+    fake.set_fault(On::Any, Fault::Hang);
+    calls(3, 1);
+    let t = Instant::now();
+    drop(guard);
+    let took = t.elapsed();
+    eprintln!("shutdown took {took:?}");
+    assert!(took < bound + margin, "shutdown took {took:?}");
+    assert!(fake.wait_for(|r| r.requests.iter().any(is_report), WAIT));
+    assert!(fake.reports().is_empty());
+    drop(fake);
+
+    // Hung from the start: init does not wait for the login, shutdown does not either.
+    let fake = fake_with_app();
+    fake.set_fault(On::Any, Fault::Hang);
+    let guard = start(
+        config(&fake)
+            .request_timeout(Duration::from_secs(5))
+            .shutdown_timeout(bound),
+    );
+    assert!(fake.wait_for(|r| !r.requests.is_empty(), WAIT));
+    calls(1, 0);
+    let t = Instant::now();
+    drop(guard);
+    let took = t.elapsed();
+    eprintln!("shutdown took {took:?}");
+    assert!(took < bound + margin, "shutdown took {took:?}");
+    assert!(fake.logins().is_empty());
+    drop(fake);
+}
+
+// ---- the done-when -----------------------------------------------------------------
+
+#[trace("dw/query")]
+fn dw_query(i: u64) -> Result<u64, String> {
+    if i % 7 == 0 {
+        Err(format!("no row {i}"))
+    } else {
+        Ok(i)
+    }
+}
+
+#[trace("dw/update")]
+fn dw_update(i: u64) -> Result<(), std::io::Error> {
+    if i % 5 == 0 {
+        Err(std::io::Error::other(format!("conflict {i}")))
+    } else {
+        Ok(())
+    }
+}
+
+#[trace("dw/render")]
+fn dw_render(i: u64) -> u64 {
+    dw_cache(i) * 2
+}
+
+#[trace("dw/cache")]
+fn dw_cache(i: u64) -> u64 {
+    i + 1
+}
+
+#[derive(Default)]
+struct Made {
+    query: (AtomicU64, AtomicU64),
+    update: (AtomicU64, AtomicU64),
+    render: AtomicU64,
+}
+
+#[test]
+fn concurrent_calls_survive_three_failing_periods() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .trace_response(TraceResponseCfg {
+            period: 1,
+            ..Default::default()
+        })
+        .start();
+    let guard = start(
+        config(&fake)
+            .period(Duration::from_secs(1))
+            .first_report_delay(Duration::from_millis(200))
+            .request_timeout(Duration::from_millis(400)),
+    );
+    wait_logins(&fake, 1);
+
+    let made = Arc::new(Made::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (made, stop) = (made.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = t * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    match i % 3 {
+                        0 => {
+                            let err = dw_query(i).is_err();
+                            made.query.0.fetch_add(1, Ordering::Relaxed);
+                            made.query.1.fetch_add(err as u64, Ordering::Relaxed);
+                        }
+                        1 => {
+                            let err = dw_update(i).is_err();
+                            made.update.0.fetch_add(1, Ordering::Relaxed);
+                            made.update.1.fetch_add(err as u64, Ordering::Relaxed);
+                        }
+                        _ => {
+                            dw_render(i);
+                            made.render.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        })
+        .collect();
+
+    // One fault after the other, each until a period's report has met it.
+    let faults = [
+        Fault::status(500),
+        Fault::Drop,
+        Fault::garbage(),
+        Fault::slow(Duration::from_secs(120)),
+    ];
+    for f in &faults {
+        fake.set_fault(On::Report, f.clone());
+        let met = fake.wait_for(
+            |r| {
+                r.requests
+                    .iter()
+                    .any(|q| is_report(q) && q.fault.as_ref() == Some(f))
+            },
+            Duration::from_secs(4),
+        );
+        assert!(met, "no report met {f:?}");
+        fake.clear_faults();
+    }
+    // Recovering with a hiccup: the next report goes through (a zero delay is no fault), the
+    // first replay of the queue after it is reset: the rest stays queued for the next success.
+    fake.fault_next(On::Report, 1, Fault::slow(Duration::ZERO));
+    fake.push_fault(On::Report, Fault::Drop);
+    let t = Instant::now();
+    while fake.pending_faults() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(4), "hiccup not met");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n = report_requests(&fake).len();
+    assert!(n >= 2 + faults.len());
+    // Recovered: one more period, then stop the callers and cut.
+    std::thread::sleep(Duration::from_millis(1200));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(guard.flush());
+
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let want: BTreeMap<String, (u64, u64)> = [
+        ("dw/query", (ld(&made.query.0), ld(&made.query.1))),
+        ("dw/update", (ld(&made.update.0), ld(&made.update.1))),
+        ("dw/render", (ld(&made.render), 0)),
+        ("dw/cache", (ld(&made.render), 0)),
+    ]
+    .into_iter()
+    .map(|(n, c)| (n.to_string(), c))
+    .collect();
+    assert!(
+        want["dw/query"].0 > 500 && want["dw/query"].1 > 50,
+        "{want:?}"
+    );
+    assert!(want["dw/update"].1 > 50, "{want:?}");
+    wait_totals(&fake, &want, Duration::from_secs(10));
+
+    let failed = report_requests(&fake)
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
+    assert!(failed >= faults.len());
+    drop(guard);
+    assert_eq!(fake.totals_by_name(), want, "nothing counted twice");
+    assert_eq!(fake.logins().len(), 1);
+    assert_eq!(fake.logouts().len(), 1);
+    assert_clean(&fake, Some(SECRET));
+}
