@@ -182,11 +182,14 @@ impl Aggregator {
                         self.next_cut = Some(Instant::now() + period);
                     }
                 }
+                Some(Msg::Wake) => {}
                 Some(Msg::Flush(reply)) => self.cut(Some(reply)),
                 Some(Msg::Shutdown(reply, deadline)) => {
                     self.sweep(&mut spare);
-                    while let Ok(Msg::Flush(r) | Msg::Shutdown(r, _)) = self.rx.try_recv() {
-                        let _ = r.send(());
+                    while let Ok(msg) = self.rx.try_recv() {
+                        if let Msg::Flush(r) | Msg::Shutdown(r, _) = msg {
+                            let _ = r.send(());
+                        }
                     }
                     let model = self.take_model();
                     for tap in &mut self.taps {

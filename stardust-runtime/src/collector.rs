@@ -41,7 +41,12 @@ pub(crate) enum Msg {
     /// Cut, report and stop by the deadline; the reply comes when everything downstream has
     /// stopped.
     Shutdown(Sender<()>, std::time::Instant),
+    /// A mailbox is half full: sweep now.
+    Wake,
 }
+
+/// Set when a producer has asked for an early sweep; cleared by the sweep.
+pub(crate) static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are recorded at all. The one load a traced call pays before `init()`.
 pub(crate) static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -131,13 +136,22 @@ impl LocalSender {
                 .push(mb.clone());
             mb
         });
+        let capacity = MAILBOX_CAPACITY.load(Ordering::Relaxed);
         let mut records = mailbox.records.lock().unwrap_or_else(|e| e.into_inner());
-        if records.len() + batch.len() > MAILBOX_CAPACITY.load(Ordering::Relaxed) {
+        if records.len() + batch.len() > capacity {
             drop(records);
             count_dropped(batch.len());
             batch.clear();
         } else {
             records.append(batch);
+            let half_full = records.len() > capacity / 2;
+            drop(records);
+            if half_full && !WAKE_PENDING.swap(true, Ordering::Relaxed) {
+                // Do not wait for the next timed sweep.
+                if let Some((_, tx)) = &*SENDER.lock().unwrap_or_else(|e| e.into_inner()) {
+                    let _ = tx.try_send(Msg::Wake);
+                }
+            }
         }
     }
 }
@@ -154,6 +168,7 @@ impl Drop for LocalSender {
 /// they were handed over). `spare` is swapped in as the mailbox's next vector. Mailboxes of
 /// exited threads are removed once empty. Returns the number of records taken.
 pub(crate) fn sweep(spare: &mut Vec<SpanRecord>, mut f: impl FnMut(&mut Vec<SpanRecord>)) -> usize {
+    WAKE_PENDING.store(false, Ordering::Relaxed);
     let mut taken = 0;
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
     reg.retain(|mb| {
@@ -164,13 +179,15 @@ pub(crate) fn sweep(spare: &mut Vec<SpanRecord>, mut f: impl FnMut(&mut Vec<Span
             }
         }
         if !spare.is_empty() {
-            taken += spare.len();
+            let n = spare.len();
+            taken += n;
             f(spare);
             spare.clear();
-            // Keep the capacity (vectors circulate between mailboxes and this spare, so after a
-            // warm-up nothing allocates), except after an overload burst.
-            if spare.capacity() > SHRINK_ABOVE {
-                spare.shrink_to(SHRINK_ABOVE);
+            // Keep the capacity: vectors circulate between the mailboxes and this spare, so
+            // after a warm-up nothing allocates. Give memory back only when a large vector is
+            // mostly unused (after an overload burst), not under steady load.
+            if spare.capacity() > SHRINK_ABOVE && n < spare.capacity() / 8 {
+                spare.shrink_to((n * 2).max(SHRINK_ABOVE));
             }
         }
         mb.alive.load(Ordering::Acquire)

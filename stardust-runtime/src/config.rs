@@ -46,6 +46,9 @@ pub struct Config {
     pub(crate) channel_capacity: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// PEM of the certificate authorities trusted for `https://` servers (replaces the
+    /// built-in web roots when set).
+    pub(crate) tls_ca_pem: Option<Vec<u8>>,
     #[cfg(feature = "skywalking")]
     pub(crate) skywalking: crate::skywalking::SwConfig,
 }
@@ -79,6 +82,7 @@ impl Config {
             channel_capacity: 256,
             shutdown_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            tls_ca_pem: None,
             #[cfg(feature = "skywalking")]
             skywalking: Default::default(),
         }
@@ -230,6 +234,16 @@ impl Config {
         self
     }
 
+    /// Trusts exactly the certificate authorities in this PEM for `https://` servers (a
+    /// private CA or a self-signed server certificate), instead of the built-in web roots.
+    /// A PEM without any certificate makes `init` fail with `InvalidConfig`. An untrusted
+    /// server certificate is a connection error (logged, reports kept for retry); there is
+    /// never a fall-back to plain HTTP.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Config {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
     /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
     /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
     /// the Stardust server. See [`skywalking`](crate::skywalking).
@@ -287,7 +301,8 @@ impl fmt::Debug for Config {
             .field("reporters", &self.reporters.len())
             .field("channel_capacity", &self.channel_capacity)
             .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("request_timeout", &self.request_timeout);
+            .field("request_timeout", &self.request_timeout)
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()));
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()

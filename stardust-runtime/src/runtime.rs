@@ -161,8 +161,13 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     if console {
         sinks.push(Box::new(ConsoleReporter::new()));
     }
+    let tls_roots = match &config.tls_ca_pem {
+        Some(pem) => Some(crate::stardust::parse_ca_pem(pem).map_err(InitError::InvalidConfig)?),
+        None => None,
+    };
     if !config.servers.is_empty() {
         sinks.push(Box::new(StardustSink::new(StardustOptions {
+            tls_roots,
             servers: config.servers.clone(),
             app_id: identity.app_id.clone(),
             app_name: identity.app_name.clone(),

@@ -440,6 +440,8 @@ fn properties() -> Vec<KeyValue> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -464,6 +466,62 @@ mod tests {
         assert!(id.is_w3c());
         assert_eq!(id, propagation::w3c_trace_id_for(&long));
         assert!(!trace_id_from_sw8(&"0".repeat(32)).to_string().is_empty());
+    }
+
+    #[test]
+    fn sw8_is_the_fifth_source_and_always_the_segment_parent() {
+        const SW8_EXAMPLE: &str =
+            "1-MQ==-NQ==-3-bWVzaA==-aW5zdGFuY2U=-L2FwaS92MS9oZWFsdGg=-ZXhhbXBsZS5jb206ODA4MA==";
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        // traceparent wins the context; the reference still comes from sw8.
+        let both = [("traceparent", tp), ("sw8", SW8_EXAMPLE)];
+        let ctx = extract(&both[..]).unwrap();
+        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let r = ctx.sw.as_deref().unwrap();
+        assert!(r.cross_process);
+        assert_eq!(
+            (&*r.trace_id, r.parent_segment.as_str(), r.parent_span),
+            ("1", "5", 3)
+        );
+        assert_eq!(r.address, "example.com:8080");
+        // sw8 alone (or after an invalid traceparent) gives the context.
+        let alone = [("traceparent", "00-zz-00-01"), ("sw8", SW8_EXAMPLE)];
+        let ctx = extract(&alone[..]).unwrap();
+        assert_eq!(ctx.trace_id.to_string(), "1");
+        assert_eq!(ctx.parent_id().as_deref(), Some("5.3"));
+        assert_eq!(ctx.flags, 0);
+        // A repeated or invalid sw8 is ignored.
+        assert!(extract(&[("sw8", SW8_EXAMPLE), ("sw8", SW8_EXAMPLE)][..]).is_none());
+        assert!(extract(&[("sw8", "1-MQ==-NQ==-3")][..]).is_none());
+        let ctx = extract(&[("traceparent", tp), ("sw8", "junk")][..]).unwrap();
+        assert!(ctx.sw.is_none());
+    }
+
+    #[test]
+    fn inject_never_writes_an_empty_field_nor_overwrites() {
+        let mut ctx = extract(
+            &[(
+                "sw8",
+                "1-MQ==-NQ==-3-bWVzaA==-aW5zdGFuY2U=-L2FwaS92MS9oZWFsdGg=-ZXhhbXBsZS5jb206ODA4MA==",
+            )][..],
+        )
+        .unwrap();
+        let mut h: HashMap<String, String> = HashMap::new();
+        inject(&ctx, &mut h);
+        assert!(h["sw8"].ends_with("-ZXhhbXBsZS5jb206ODA4MA=="));
+        assert!(!h.contains_key("sw8-correlation"));
+        let mut mine = (*ctx.sw.clone().unwrap()).clone();
+        mine.address.clear();
+        ctx.sw = Some(Arc::new(mine));
+        ctx.correlation = Some(vec![("k".to_owned(), "v".to_owned())].into());
+        let mut h: HashMap<String, String> = HashMap::new();
+        inject(&ctx, &mut h);
+        assert!(!h.contains_key("sw8"), "no address, no sw8");
+        assert_eq!(h["sw8-correlation"], "aw==:dg==");
+        let mut h: HashMap<String, String> = HashMap::new();
+        h.insert("SW8-Correlation".into(), "mine".into());
+        inject(&ctx, &mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

@@ -42,8 +42,20 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub(crate) fn new(servers: Vec<String>, user_agent: &str) -> Api {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+    pub(crate) fn new(
+        servers: Vec<String>,
+        user_agent: &str,
+        tls_roots: Option<Vec<ureq::tls::Certificate<'static>>>,
+    ) -> Api {
+        let mut builder = ureq::Agent::config_builder();
+        if let Some(roots) = tls_roots {
+            builder = builder.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = builder
             .http_status_as_error(false)
             .user_agent(user_agent)
             .accept("application/json")

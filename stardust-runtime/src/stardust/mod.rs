@@ -34,6 +34,8 @@ pub(crate) struct StardustOptions {
     pub version: String,
     pub client_id: String,
     pub request_timeout: Duration,
+    /// Trusted CA certificates for `https://` servers; `None`: the built-in web roots.
+    pub tls_roots: Option<Vec<ureq::tls::Certificate<'static>>>,
 }
 
 pub(crate) struct StardustSink {
@@ -68,6 +70,7 @@ impl StardustSink {
             api: Api::new(
                 o.servers,
                 concat!("stardust-rs/", env!("CARGO_PKG_VERSION")),
+                o.tls_roots,
             ),
             app_id: o.app_id,
             app_name: o.app_name,
@@ -441,6 +444,23 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
         .store(saved.max_tag_length, Ordering::Relaxed);
     SETTINGS.period_secs.store(saved_period, Ordering::Relaxed);
     SETTINGS.set_excludes(saved_excludes);
+}
+
+/// The certificates of a PEM (other items ignored); an error when there is none or the PEM
+/// does not parse.
+pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the TLS CA PEM does not parse: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("the TLS CA PEM holds no certificate".to_owned());
+    }
+    Ok(certs)
 }
 
 fn md5_upper(bytes: &[u8]) -> String {

@@ -1,0 +1,252 @@
+//! HTTPS to a local server with a self-signed certificate made in the test: trusted when its
+//! CA is configured, refused with a clear error otherwise, never a fall-back to plain HTTP.
+//! Also: neither the secret nor the token ever appears in the diagnostics log.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use stardust_runtime::{Config, InitError};
+
+const SECRET: &str = "tls-secret-Zq81";
+const TOKEN: &str = "eyJhbGciOi.tls-token-Wk4.sig";
+
+/// Every log line of the process at debug level and above, for the leak checks.
+struct Capture;
+static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        // ureq hex-dumps whole bodies at trace level (its choice, documented in our README);
+        // everything at debug and above, from any crate, is checked.
+        if r.level() <= log::Level::Debug {
+            LINES
+                .lock()
+                .unwrap()
+                .push(format!("{} {} {}", r.level(), r.target(), r.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn logs() -> Vec<String> {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        static LOGGER: Capture = Capture;
+        log::set_logger(&LOGGER).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    LINES.lock().unwrap().clone()
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Paths of requests that arrived over TLS.
+    paths: Vec<String>,
+    /// Connections whose TLS handshake failed.
+    failed_handshakes: usize,
+    /// Connections that spoke plain HTTP to the TLS port.
+    plain_http: usize,
+}
+
+/// A minimal HTTPS Stardust: answers login with a token and everything else with success.
+fn https_server() -> (String, String, Arc<Mutex<Seen>>) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert_pem = ck.cert.pem();
+    let cert_der = ck.cert.der().clone();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key_der)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { return };
+            let config = config.clone();
+            let seen = seen2.clone();
+            std::thread::spawn(move || serve(tcp, config, &seen));
+        }
+    });
+    (url, cert_pem, seen)
+}
+
+fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, seen: &Mutex<Seen>) {
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).unwrap_or(0) == 1 && first[0] != 0x16 {
+        seen.lock().unwrap().plain_http += 1;
+        return;
+    }
+    let conn = rustls::ServerConnection::new(config).unwrap();
+    let mut reader = BufReader::new(rustls::StreamOwned::new(conn, tcp));
+    loop {
+        let mut request_line = String::new();
+        match reader.read_line(&mut request_line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => {
+                if reader.get_ref().conn.is_handshaking() {
+                    seen.lock().unwrap().failed_handshakes += 1;
+                }
+                return;
+            }
+        }
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        seen.lock().unwrap().paths.push(path.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let reply = if path.eq_ignore_ascii_case("/App/Login") {
+            format!(r#"{{"code":0,"data":{{"token":"{TOKEN}","expire":7200,"serverTime":{now}}}}}"#)
+        } else {
+            r#"{"code":0,"data":null}"#.to_owned()
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        let tls = reader.get_mut();
+        if tls.write_all(resp.as_bytes()).is_err() || tls.flush().is_err() {
+            return;
+        }
+    }
+}
+
+fn wait(mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn config(url: &str) -> Config {
+    Config::new()
+        .server(url)
+        .app_id("tls-app")
+        .secret(SECRET)
+        .console(false)
+        .request_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(2))
+        .first_report_delay(Duration::from_secs(3600))
+}
+
+#[test]
+fn https_with_the_test_ca_configured_is_trusted() {
+    let _serial = common::serial();
+    logs();
+    let (url, ca, seen) = https_server();
+    let guard = stardust_runtime::init_with(config(&url).tls_ca_pem(ca)).unwrap();
+    assert!(
+        wait(|| seen.lock().unwrap().paths.iter().any(|p| p == "/App/Login")),
+        "login over TLS"
+    );
+    drop(stardust_runtime::span("tls/work"));
+    assert!(guard.flush());
+    assert!(
+        wait(|| seen
+            .lock()
+            .unwrap()
+            .paths
+            .iter()
+            .any(|p| p == "/Trace/Report")),
+        "report over TLS"
+    );
+    drop(guard);
+    let s = seen.lock().unwrap();
+    assert_eq!(s.plain_http, 0);
+    assert_eq!(s.failed_handshakes, 0);
+    for line in logs() {
+        assert!(!line.contains(SECRET), "secret in the log: {line}");
+        assert!(!line.contains("tls-token-Wk4"), "token in the log: {line}");
+    }
+}
+
+#[test]
+fn https_without_the_ca_is_refused_clearly_and_never_downgraded() {
+    let _serial = common::serial();
+    logs();
+    let (url, _ca, seen) = https_server();
+    let guard = stardust_runtime::init_with(config(&url)).unwrap();
+    assert!(
+        wait(|| seen.lock().unwrap().failed_handshakes > 0),
+        "the client tried TLS and rejected the certificate"
+    );
+    drop(stardust_runtime::span("tls/work"));
+    guard.flush();
+    drop(guard);
+    let s = seen.lock().unwrap();
+    assert!(s.paths.is_empty(), "no request got through: {:?}", s.paths);
+    assert_eq!(s.plain_http, 0, "no fall-back to plain HTTP");
+    let lines = logs();
+    let refused: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("login") && l.contains(url.as_str()))
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "a log line names the failed login: {lines:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.to_ascii_lowercase().contains("certificate")),
+        "the reason names the certificate: {refused:?}"
+    );
+    for line in &lines {
+        assert!(!line.contains(SECRET), "secret in the log: {line}");
+    }
+}
+
+#[test]
+fn a_ca_pem_without_certificates_is_an_init_error() {
+    let _serial = common::serial();
+    let err = stardust_runtime::init_with(config("https://127.0.0.1:1").tls_ca_pem("not a pem"))
+        .unwrap_err();
+    assert!(matches!(err, InitError::InvalidConfig(_)), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let secret_debug = format!("{:?}", config("https://127.0.0.1:1"));
+    assert!(!secret_debug.contains(SECRET), "{secret_debug}");
+}
