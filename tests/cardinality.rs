@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use stardust_runtime::Config;
 
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_million_names_in_one_period_stay_bounded() {
     let _serial = common::serial();
@@ -30,7 +19,7 @@ fn a_million_names_in_one_period_stay_bounded() {
     )
     .unwrap();
     const N: usize = 1_000_000;
-    let before = peak_rss_kb();
+    let before = common::peak_rss_kb();
     for i in 0..N {
         drop(stardust_runtime::span(format!("user/{i}")));
         if i % 10_000 == 9_999 {
@@ -40,7 +29,7 @@ fn a_million_names_in_one_period_stay_bounded() {
         }
     }
     assert!(guard.flush());
-    let after = peak_rss_kb();
+    let after = common::peak_rss_kb();
     let models = common::drain(&rx);
     let builders: Vec<_> = models.iter().flat_map(|m| &m.builders).collect();
     let total: i64 = builders.iter().map(|b| b.total as i64).sum();

@@ -93,17 +93,6 @@ impl Histogram {
     }
 }
 
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 const HANG: u8 = 2;
 
 #[test]
@@ -182,7 +171,7 @@ fn soak_under_faults_counts_exactly_with_bounded_memory_and_latency() {
             _ => {}
         }
         std::thread::sleep(slice);
-        rss_during = rss_during.max(peak_rss_kb());
+        rss_during = rss_during.max(common::peak_rss_kb());
         fake.clear_faults();
         fake.accept_connections();
     }
@@ -211,7 +200,7 @@ fn soak_under_faults_counts_exactly_with_bounded_memory_and_latency() {
     let t0 = Instant::now();
     drop(guard);
     let shutdown = t0.elapsed();
-    let peak = peak_rss_kb();
+    let peak = common::peak_rss_kb();
 
     let calls: u64 = made.values().map(|v| v.0).sum();
     eprintln!(

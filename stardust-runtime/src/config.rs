@@ -17,14 +17,26 @@ use crate::uploader::Reporter;
 /// | `StarVersion` | [`version`](Config::version) | application version, dotted numeric |
 ///
 /// With the `skywalking` feature, the SkyWalking agents' variables also apply (names matched
-/// ignoring case):
-///
-/// | env var | builder | meaning |
-/// |---|---|---|
-/// | `SW_AGENT_COLLECTOR_BACKEND_SERVICES` | [`skywalking`](Config::skywalking) | OAP REST address, e.g. `http://oap:12800` (enables SkyWalking) |
-/// | `SW_AGENT_NAME` | [`skywalking_service`](Config::skywalking_service) | service name (default: the app id) |
-/// | `SW_AGENT_INSTANCE_NAME` | [`skywalking_instance`](Config::skywalking_instance) | instance name (default `<pid>@<hostname>`) |
-/// | `SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD` | [`skywalking_heartbeat`](Config::skywalking_heartbeat) | keep-alive period in seconds (default 30) |
+/// ignoring case; see the crate guide's configuration table):
+#[cfg_attr(feature = "skywalking", doc = "")]
+#[cfg_attr(feature = "skywalking", doc = "| env var | builder | meaning |")]
+#[cfg_attr(feature = "skywalking", doc = "|---|---|---|")]
+#[cfg_attr(
+    feature = "skywalking",
+    doc = "| `SW_AGENT_COLLECTOR_BACKEND_SERVICES` | [`skywalking`](Config::skywalking) | OAP REST address, e.g. `http://oap:12800` (enables SkyWalking) |"
+)]
+#[cfg_attr(
+    feature = "skywalking",
+    doc = "| `SW_AGENT_NAME` | [`skywalking_service`](Config::skywalking_service) | service name (default: the app id) |"
+)]
+#[cfg_attr(
+    feature = "skywalking",
+    doc = "| `SW_AGENT_INSTANCE_NAME` | [`skywalking_instance`](Config::skywalking_instance) | instance name (default `<pid>@<hostname>`) |"
+)]
+#[cfg_attr(
+    feature = "skywalking",
+    doc = "| `SW_AGENT_COLLECTOR_HEARTBEAT_PERIOD` | [`skywalking_heartbeat`](Config::skywalking_heartbeat) | keep-alive period in seconds (default 30) |"
+)]
 ///
 /// With no Stardust server, no SkyWalking OAP and no reporter configured, reports go to the
 /// console (stderr).

@@ -26,7 +26,7 @@ enum State {
     Done,
 }
 
-/// A future wrapped in a span. Made by `#[trace]` on `async fn` and by [`instrument`].
+/// A future wrapped in a span. Made by `#[trace]` on `async fn` (through `instrument`).
 pub struct Instrumented<F> {
     fut: ManuallyDrop<F>,
     callsite: &'static Callsite,

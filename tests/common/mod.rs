@@ -38,3 +38,15 @@ pub fn drain(rx: &Receiver<TraceModel>) -> Vec<TraceModel> {
     }
     out
 }
+
+/// Peak resident set of this process (VmHWM), kB; 0 where /proc is not available.
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

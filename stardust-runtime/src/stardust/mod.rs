@@ -245,6 +245,17 @@ impl StardustSink {
         model: &TraceModel,
         deadline: Option<Instant>,
     ) -> Result<Value, CallError> {
+        // After an auto-registration under another code, report under the adopted one.
+        let renamed;
+        let model = if model.app_id == self.app_id {
+            model
+        } else {
+            renamed = TraceModel {
+                app_id: self.app_id.clone(),
+                ..model.clone()
+            };
+            &renamed
+        };
         let json = serde_json::to_vec(model).expect("TraceModel serialises");
         if json.len() > RAW_THRESHOLD {
             let gz = api::gzip(&json);
