@@ -82,34 +82,118 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
+/// Each section shows a use that runs (its doctest checks what is reported, through a
+/// hidden `record` helper that starts the runtime with a [`Reporter`] collecting the
+/// operations) and then the code it expands to.
+///
+/// [`Reporter`]: https://docs.rs/stardust-runtime/latest/stardust_runtime/trait.Reporter.html
+///
 /// ## A sync function
 ///
-/// ```ignore
+/// ```
+/// use stardust_runtime::trace;
+///
 /// #[trace]
 /// fn add(a: u32, b: u32) -> u32 {
 ///     a + b
 /// }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| assert_eq!(add(2, 3), 5));
+/// assert!(ops[0].name.ends_with("::add")); // the function's path
+/// assert_eq!((ops[0].total, ops[0].errors), (1, 0));
 /// ```
 ///
 /// The body stays where it was, so `return` and `?` keep their meaning:
 ///
-/// ```ignore
+/// ```text
 /// fn add(a: u32, b: u32) -> u32 {
 ///     let __stardust_guard = ::stardust_runtime::__private::enter(CALLSITE); // named concat!(module_path!(), "::", "add")
 ///     a + b
 /// }
 /// ```
 ///
+/// ## A name
+///
+/// ```
+/// use stardust_runtime::trace;
+///
+/// #[trace("orders/load")]
+/// fn load() {}
+///
+/// #[trace(name = "orders/store")]
+/// fn store() {}
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| { load(); store(); store(); });
+/// assert_eq!((ops[0].name.as_str(), ops[0].total), ("orders/load", 1));
+/// assert_eq!((ops[1].name.as_str(), ops[1].total), ("orders/store", 2));
+/// ```
+///
+/// Both forms expand as above, with the callsite named `"orders/load"` and
+/// `"orders/store"` instead of the function's path.
+///
 /// ## With a tag
 ///
-/// ```ignore
+/// ```
+/// use stardust_runtime::trace;
+/// # pub struct User(u64);
+/// # fn find(id: u64) -> User { User(id) }
+///
 /// #[trace("load", tag = "user={user_id}")]
 /// fn load(user_id: u64) -> User {
 ///     find(user_id)
 /// }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| assert_eq!(load(7).0, 7));
+/// let sample = &ops[0].samples.as_ref().unwrap()[0]; // the first span of a period is sampled
+/// assert_eq!(sample.tag.as_deref(), Some("user=7"));
 /// ```
 ///
-/// ```ignore
+/// ```text
 /// fn load(user_id: u64) -> User {
 ///     let mut __stardust_guard = ::stardust_runtime::__private::enter(CALLSITE); // named "load"
 ///     __stardust_guard.tag_with(|| ::std::format!("user={user_id}"));
@@ -125,15 +209,50 @@ use proc_macro::TokenStream;
 /// `io::Result<T>`, `anyhow::Result<T>`, ...), the body runs in a closure so that an
 /// early `return Err(..)` or `?` is seen too:
 ///
-/// ```ignore
+/// ```
+/// use stardust_runtime::trace;
+/// # #[derive(Debug)]
+/// # pub struct User(u64);
+/// # #[derive(Debug)]
+/// # pub struct Error;
+/// # impl std::fmt::Display for Error {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("no such user") }
+/// # }
+/// # fn find(id: u64) -> Result<User, Error> { if id == 0 { Err(Error) } else { Ok(User(id)) } }
+///
 /// #[trace(tag = "user={user_id}")]
 /// fn load(user_id: u64) -> Result<User, Error> {
 ///     let user = find(user_id)?;
 ///     Ok(user)
 /// }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| {
+///     assert!(load(7).is_ok());
+///     assert!(load(0).is_err()); // left by `?`
+/// });
+/// assert_eq!((ops[0].total, ops[0].errors), (2, 1));
+/// let failed = &ops[0].error_samples.as_ref().unwrap()[0];
+/// assert_eq!(failed.error.as_deref(), Some("no such user")); // the error's `Display` text
+/// let first = &ops[0].samples.as_ref().unwrap()[0];
+/// assert_eq!(first.tag.as_deref(), Some("user=7")); // formatted before the body ran
 /// ```
 ///
-/// ```ignore
+/// ```text
 /// fn load(user_id: u64) -> Result<User, Error> {
 ///     let mut __stardust_guard = ::stardust_runtime::__private::enter(CALLSITE);
 ///     __stardust_guard.tag_with(|| ::std::format!("user={user_id}")); // before the arguments move
@@ -154,16 +273,52 @@ use proc_macro::TokenStream;
 ///
 /// The span follows the future: it opens at the first poll, is current while the
 /// future is polled and closes when it completes (dropped before that, it is recorded
-/// as `cancelled`).
+/// as `cancelled`). No async runtime is needed: the example drives the futures with a
+/// hidden ten-line `block_on`.
 ///
-/// ```ignore
+/// ```
+/// use stardust_runtime::trace;
+/// # pub struct Page(u64);
+/// # async fn download(id: u64) -> Page { Page(id) }
+///
 /// #[trace(tag = "id={id}")]
 /// async fn fetch(id: u64) -> Page {
 ///     download(id).await
 /// }
+/// # // Enough of an executor for futures that never wait.
+/// # fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+/// #     let mut fut = std::pin::pin!(fut);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
+/// #     }
+/// # }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| {
+///     assert_eq!(block_on(fetch(3)).0, 3);
+///     let _never_polled = fetch(4); // no span: it would open at the first poll
+/// });
+/// assert!(ops[0].name.ends_with("::fetch"));
+/// assert_eq!(ops[0].total, 1);
+/// assert_eq!(ops[0].samples.as_ref().unwrap()[0].tag.as_deref(), Some("id=3"));
 /// ```
 ///
-/// ```ignore
+/// ```text
 /// async fn fetch(id: u64) -> Page {
 ///     ::stardust_runtime::__private::instrument(CALLSITE, async move {
 ///         ::stardust_runtime::__private::tag_current(|| ::std::format!("id={id}"));
@@ -182,7 +337,53 @@ use proc_macro::TokenStream;
 /// With a `Result` return type, the body becomes an inner `async move` block whose
 /// output is checked:
 ///
-/// ```ignore
+/// ```
+/// use stardust_runtime::trace;
+/// # pub struct Page(u64);
+/// # pub type Error = String;
+/// # async fn download(id: u64) -> Result<Page, Error> {
+/// #     if id == 0 { Err("not found".to_string()) } else { Ok(Page(id)) }
+/// # }
+///
+/// #[trace("page/fetch", tag = "id={id}")]
+/// async fn fetch(id: u64) -> Result<Page, Error> {
+///     let page = download(id).await?;
+///     Ok(page)
+/// }
+/// # // Enough of an executor for futures that never wait.
+/// # fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+/// #     let mut fut = std::pin::pin!(fut);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
+/// #     }
+/// # }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| {
+///     assert!(block_on(fetch(1)).is_ok());
+///     assert!(block_on(fetch(0)).is_err());
+/// });
+/// assert_eq!((ops[0].name.as_str(), ops[0].total, ops[0].errors), ("page/fetch", 2, 1));
+/// let failed = &ops[0].error_samples.as_ref().unwrap()[0];
+/// assert_eq!(failed.error.as_deref(), Some("not found"));
+/// ```
+///
+/// ```text
 /// async fn fetch(id: u64) -> Result<Page, Error> {
 ///     ::stardust_runtime::__private::instrument(CALLSITE, async move {
 ///         ::stardust_runtime::__private::tag_current(|| ::std::format!("id={id}"));
@@ -213,14 +414,58 @@ use proc_macro::TokenStream;
 /// `#[async_trait]` generates) has its boxed future instrumented, not the creation
 /// of the box. The output type is read from `Output = R` in the return type:
 ///
-/// ```ignore
-/// #[trace]
-/// fn load<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u32, E>> + Send + 'a>> {
-///     Box::pin(async move { self.get(key).await })
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use stardust_runtime::trace;
+/// # pub type E = String;
+///
+/// struct Cache;
+///
+/// impl Cache {
+///     async fn get(&self, key: &str) -> Result<u32, E> {
+///         key.parse().map_err(|_| format!("bad key {key}"))
+///     }
+///
+///     #[trace("cache/load")]
+///     fn load<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u32, E>> + Send + 'a>> {
+///         Box::pin(async move { self.get(key).await })
+///     }
 /// }
+/// # // Enough of an executor for futures that never wait.
+/// # fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+/// #     let mut fut = std::pin::pin!(fut);
+/// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
+/// #     }
+/// # }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| {
+///     let cache = Cache;
+///     let pending = cache.load("12"); // no span yet: the future has not run
+///     assert_eq!(block_on(pending), Ok(12));
+///     assert!(block_on(cache.load("x")).is_err());
+/// });
+/// assert_eq!((ops[0].name.as_str(), ops[0].total, ops[0].errors), ("cache/load", 2, 1));
 /// ```
 ///
-/// ```ignore
+/// ```text
 /// fn load<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<u32, E>> + Send + 'a>> {
 ///     Box::pin(::stardust_runtime::__private::instrument(CALLSITE, async move {
 ///         let __stardust_ret = async move {
@@ -241,7 +486,48 @@ use proc_macro::TokenStream;
 /// ## `crate = path`
 ///
 /// `#[trace(crate = my_telemetry::rt)]` writes `my_telemetry::rt::__private::...`
-/// wherever the listings above say `::stardust_runtime::__private::...`.
+/// wherever the listings above say `::stardust_runtime::__private::...`: for a crate
+/// that re-exports the runtime, so that its users need not depend on it themselves.
+///
+/// ```
+/// mod my_telemetry {
+///     pub use ::stardust_runtime as rt;
+/// }
+///
+/// #[my_telemetry::rt::trace("job/run", crate = my_telemetry::rt)]
+/// fn run() -> u32 {
+///     7
+/// }
+/// # use std::sync::{Arc, Mutex};
+/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
+/// # // Runs `f` with the runtime started, returns the operations it reported.
+/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
+/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
+/// #     impl Reporter for Keep {
+/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
+/// #     }
+/// #     let kept = Arc::new(Mutex::new(Vec::new()));
+/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
+/// #     f();
+/// #     drop(guard); // reports the last period
+/// #     let mut ops = kept.lock().unwrap().clone();
+/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
+/// #     ops
+/// # }
+/// let ops = record(|| assert_eq!(run(), 7));
+/// assert_eq!((ops[0].name.as_str(), ops[0].total), ("job/run", 1));
+/// ```
+///
+/// ```text
+/// fn run() -> u32 {
+///     let __stardust_guard = my_telemetry::rt::__private::enter({
+///         static __STARDUST_CALLSITE: my_telemetry::rt::__private::Callsite =
+///             my_telemetry::rt::__private::Callsite::new("job/run");
+///         &__STARDUST_CALLSITE
+///     });
+///     7
+/// }
+/// ```
 ///
 /// # Errors
 ///

@@ -36,6 +36,15 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// `1 span`, `2 spans`.
+fn count(n: i64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Renders a model as an aligned table (no colour codes when `color` is false).
 pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
     let mut out = String::new();
@@ -49,11 +58,11 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
         .unwrap_or(0);
     let _ = writeln!(
         out,
-        "stardust: {} — {} operations, {} spans, {} errors over {}",
+        "stardust: {} — {}, {}, {} over {}",
         model.app_id,
-        model.builders.len(),
-        spans,
-        errors,
+        count(model.builders.len() as i64, "operation"),
+        count(spans, "span"),
+        count(errors, "error"),
         ms(window as f64)
     );
     let headers = [
