@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::builder::{Builder, is_excluded, normalize_name};
+use crate::builder::{Builder, Excludes, normalize_name};
 use crate::callsite::EPOCH;
 use crate::clock;
 use crate::collector::{self, Msg};
@@ -20,6 +20,9 @@ use crate::uploader::UpMsg;
 
 /// Most builders kept per period; spans of further names go to one overflow builder.
 pub(crate) const MAX_BUILDERS: usize = 10_000;
+/// Restarts after a panic before the aggregator gives up (a bug that panics on every period
+/// must not spin a core).
+const MAX_RESTARTS: u32 = 10;
 /// How often the mailboxes are swept while spans flow.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// How often they are swept after a while without spans.
@@ -98,6 +101,8 @@ pub(crate) trait Tap: Send {
 
 pub(crate) struct Aggregator {
     taps: Vec<Box<dyn Tap>>,
+    /// Reused list of the mailboxes being swept.
+    boxes: Vec<std::sync::Arc<collector::Mailbox>>,
     rx: Receiver<Msg>,
     up: Sender<UpMsg>,
     identity: Identity,
@@ -124,6 +129,7 @@ impl Aggregator {
     ) -> Aggregator {
         Aggregator {
             taps,
+            boxes: Vec::new(),
             rx,
             up,
             identity,
@@ -140,10 +146,15 @@ impl Aggregator {
     /// The thread's body: a panic inside is caught, logged, and the loop restarted with the
     /// builders it had (a panic never reaches the application).
     pub(crate) fn run(mut self) {
-        loop {
+        for attempt in 1..=MAX_RESTARTS {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop())) {
                 Ok(()) => return,
-                Err(_) => log::error!("stardust: the aggregator thread panicked; restarting it"),
+                Err(_) if attempt < MAX_RESTARTS => {
+                    log::error!("stardust: the aggregator thread panicked; restarting it")
+                }
+                Err(_) => log::error!(
+                    "stardust: the aggregator thread panicked {MAX_RESTARTS} times; spans are no longer aggregated"
+                ),
             }
         }
     }
@@ -217,11 +228,13 @@ impl Aggregator {
     fn sweep(&mut self, spare: &mut Vec<SpanRecord>) -> usize {
         clock::recalibrate();
         let settings = SETTINGS.snapshot();
-        let taken = collector::sweep(spare, |records| {
+        let mut boxes = std::mem::take(&mut self.boxes);
+        let taken = collector::sweep(spare, &mut boxes, |records| {
             for record in records.drain(..) {
                 self.add(record, &settings);
             }
         });
+        self.boxes = boxes;
         if taken > 0 && self.next_cut.is_none() {
             self.next_cut = Some(Instant::now() + self.first_delay);
         }
@@ -307,14 +320,14 @@ impl Aggregator {
         }
         self.overflow_logged = false;
         let offset = clock::server_offset_ms();
-        let end_time = clock::local_unix_ms(clock::now()) + offset;
-        let excludes = SETTINGS.excludes();
+        let end_time = clock::local_unix_ms(clock::now()).saturating_add(offset);
+        let excludes = Excludes::new(&SETTINGS.excludes());
         self.period = self.period.wrapping_add(1);
         self.by_name.clear();
         let mut builders: Vec<_> = self
             .builders
             .drain(..)
-            .filter(|b| b.total > 0 && !is_excluded(&b.name, &excludes))
+            .filter(|b| b.total > 0 && !excludes.matches(&b.name))
             .map(|b| b.into_model(end_time, offset))
             .collect();
         if self.static_names.len() > MAX_BUILDERS {

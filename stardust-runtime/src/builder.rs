@@ -92,12 +92,12 @@ impl Builder {
     /// added to each, and `end_time` is already server time.
     pub(crate) fn into_model(mut self, end_time: i64, offset: i64) -> SpanBuilderModel {
         for s in self.samples.iter_mut().chain(self.error_samples.iter_mut()) {
-            s.start_time += offset;
-            s.end_time += offset;
+            s.start_time = s.start_time.saturating_add(offset);
+            s.end_time = s.end_time.saturating_add(offset);
         }
         SpanBuilderModel {
             name: self.name,
-            start_time: self.start_time + offset,
+            start_time: self.start_time.saturating_add(offset),
             end_time,
             total: self.total,
             errors: self.errors,
@@ -159,9 +159,17 @@ pub(crate) fn normalize_name(name: &str) -> Option<&str> {
 }
 
 /// Whole-name wildcard match ignoring case: `*` any run, `?` one character.
+#[cfg(test)]
 pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
-    let t: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
+    Excludes::new(&[pattern.to_owned()]).matches(text)
+}
+
+/// Lowercased characters of a name or pattern.
+fn folded(s: &str) -> Vec<char> {
+    s.chars().flat_map(char::to_lowercase).collect()
+}
+
+fn wildcard(p: &[char], t: &[char]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
@@ -185,12 +193,31 @@ pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
-/// True for builders the report drops: excluded by pattern, or the client's own uploads.
+/// The exclude patterns of one cut, folded to lower case once.
+pub(crate) struct Excludes(Vec<Vec<char>>);
+
+impl Excludes {
+    pub(crate) fn new(patterns: &[String]) -> Excludes {
+        Excludes(patterns.iter().map(|p| folded(p)).collect())
+    }
+
+    /// True for builders the report drops: excluded by pattern, or the client's own uploads.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with("/trace/report") || lower.ends_with("/trace/reportraw") {
+            return true;
+        }
+        if self.0.is_empty() {
+            return false;
+        }
+        let text = folded(name);
+        self.0.iter().any(|p| wildcard(p, &text))
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn is_excluded(name: &str, excludes: &[String]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with("/trace/report")
-        || lower.ends_with("/trace/reportraw")
-        || excludes.iter().any(|p| wildcard_match(p, name))
+    Excludes::new(excludes).matches(name)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use crate::aggregator::FxBuild;
 use crate::settings::SETTINGS;
 
 /// Current period number; the aggregator bumps it at every cut.
@@ -106,6 +107,27 @@ fn fnv(s: &str) -> u64 {
 
 thread_local! {
     static CACHE: RefCell<HashMap<Box<str>, &'static Callsite>> = RefCell::new(HashMap::new());
+    static STATIC_CACHE: RefCell<HashMap<(usize, usize), &'static Callsite, FxBuild>> =
+        RefCell::new(HashMap::default());
+}
+
+/// [`for_name`] for a `&'static str`, cached by the string's address (no hashing of the text).
+pub(crate) fn for_static(name: &'static str) -> &'static Callsite {
+    let key = (name.as_ptr() as usize, name.len());
+    STATIC_CACHE
+        .try_with(|cache| {
+            if let Some(cs) = cache.borrow().get(&key) {
+                return *cs;
+            }
+            let cs = for_name(name);
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= THREAD_CACHE_CAP {
+                cache.clear();
+            }
+            cache.insert(key, cs);
+            cs
+        })
+        .unwrap_or_else(|_| lookup_global(name))
 }
 
 /// The callsite shared by every span opened with this name through the manual API.

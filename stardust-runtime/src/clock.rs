@@ -26,8 +26,10 @@ struct Anchor {
 static ANCHOR: OnceLock<Anchor> = OnceLock::new();
 /// Nanoseconds per TSC tick, as `f64` bits.
 static NS_PER_TICK: AtomicU64 = AtomicU64::new(0);
-/// The batch age limit (100 ms) in reading units.
-static BATCH_AGE_READING: AtomicU64 = AtomicU64::new(100_000_000);
+/// The batch age limit in reading units.
+static BATCH_AGE_READING: AtomicU64 = AtomicU64::new(BATCH_AGE_NS);
+/// A thread-local batch is handed over once its oldest record is this old (ns).
+const BATCH_AGE_NS: u64 = 10_000_000;
 /// Server clock minus local clock, in milliseconds.
 static SERVER_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 
@@ -95,7 +97,7 @@ fn calibrate(a: &Anchor) {
     if ticks > 0 && ns > 0.0 {
         let ratio = ns / ticks as f64;
         NS_PER_TICK.store(ratio.to_bits(), Ordering::Relaxed);
-        BATCH_AGE_READING.store((100_000_000.0 / ratio) as u64, Ordering::Relaxed);
+        BATCH_AGE_READING.store((BATCH_AGE_NS as f64 / ratio) as u64, Ordering::Relaxed);
     }
 }
 
@@ -125,7 +127,7 @@ pub(crate) fn now() -> u64 {
     }
 }
 
-/// The 100 ms batch age limit in reading units.
+/// The batch age limit (10 ms) in reading units.
 #[inline]
 pub(crate) fn batch_age_limit() -> u64 {
     BATCH_AGE_READING.load(Ordering::Relaxed)

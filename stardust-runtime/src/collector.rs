@@ -2,11 +2,12 @@
 //!
 //! Finished spans go into a thread-local batch (no lock, no allocation). The batch is handed
 //! over to the thread's *mailbox* when the thread's outermost span closes, when the batch is
-//! full, or when its oldest record is older than 100 ms: one uncontended lock
-//! and a move of the records into a vector that keeps its capacity. The aggregator sweeps every
-//! mailbox every few milliseconds and before every period cut, so a thread that goes idle after
-//! its last span still has it counted, and `flush()` sees every span whose outermost span has
-//! closed.
+//! full, or when a span closes and the batch's oldest record is older than 10 ms: one
+//! uncontended lock and a move of the records into a vector that keeps its capacity. The
+//! aggregator sweeps every mailbox every few milliseconds and before every period cut, so a
+//! thread that goes idle after its outermost span closed still has it counted, and `flush()`
+//! sees every span whose outermost span has closed. (Spans that finish under an outermost span
+//! that stays open wait in the thread's batch until the thread closes another span.)
 //!
 //! Why mailboxes rather than one message per batch on a channel: a busy thread closes many
 //! small root spans; one message per root made the channel carry a few spans per message, and
@@ -167,11 +168,25 @@ impl Drop for LocalSender {
 /// Takes everything handed over so far, calling `f` on each mailbox's records (in the order
 /// they were handed over). `spare` is swapped in as the mailbox's next vector. Mailboxes of
 /// exited threads are removed once empty. Returns the number of records taken.
-pub(crate) fn sweep(spare: &mut Vec<SpanRecord>, mut f: impl FnMut(&mut Vec<SpanRecord>)) -> usize {
+pub(crate) fn sweep(
+    spare: &mut Vec<SpanRecord>,
+    boxes: &mut Vec<Arc<Mailbox>>,
+    mut f: impl FnMut(&mut Vec<SpanRecord>),
+) -> usize {
     WAKE_PENDING.store(false, Ordering::Relaxed);
+    // No lock is held while `f` runs: it may log, and a logger may open spans whose hand-over
+    // needs the registry (or this thread's own mailbox).
+    boxes.clear();
+    boxes.extend(
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned(),
+    );
     let mut taken = 0;
-    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    reg.retain(|mb| {
+    let mut dead = false;
+    for mb in boxes.iter() {
         {
             let mut records = mb.records.lock().unwrap_or_else(|e| e.into_inner());
             if !records.is_empty() {
@@ -190,12 +205,21 @@ pub(crate) fn sweep(spare: &mut Vec<SpanRecord>, mut f: impl FnMut(&mut Vec<Span
                 spare.shrink_to((n * 2).max(SHRINK_ABOVE));
             }
         }
-        mb.alive.load(Ordering::Acquire)
-            || !mb
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-    });
+        dead |= !mb.alive.load(Ordering::Acquire);
+    }
+    if dead {
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|mb| {
+                mb.alive.load(Ordering::Acquire)
+                    || !mb
+                        .records
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty()
+            });
+    }
+    boxes.clear();
     taken
 }

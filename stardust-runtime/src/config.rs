@@ -65,6 +65,9 @@ pub struct Config {
     pub(crate) skywalking: crate::skywalking::SwConfig,
 }
 
+/// Upper bound of the delays and timeouts a `Config` takes (longer values are clamped).
+const HOUR: Duration = Duration::from_secs(3600);
+
 impl Default for Config {
     fn default() -> Self {
         Config::new()
@@ -183,9 +186,9 @@ impl Config {
         self
     }
 
-    /// Delay from the first span to the first report (default 5 s).
+    /// Delay from the first span to the first report (default 5 s, at most 1 h).
     pub fn first_report_delay(mut self, delay: Duration) -> Config {
-        self.first_report_delay = delay;
+        self.first_report_delay = delay.min(HOUR);
         self
     }
 
@@ -201,9 +204,10 @@ impl Config {
         self
     }
 
-    /// Spans slower than this are sampled (up to 10× `max_samples`); zero disables.
+    /// Spans slower than this are sampled (up to 10× `max_samples`); zero disables (at most
+    /// 1 h).
     pub fn slow_threshold(mut self, timeout: Duration) -> Config {
-        self.timeout = timeout;
+        self.timeout = timeout.min(HOUR);
         self
     }
 
@@ -240,9 +244,9 @@ impl Config {
         self
     }
 
-    /// Timeout of each HTTP call to the server (default 5 s).
+    /// Timeout of each HTTP call to the server (default 5 s; 10 ms ..= 10 min).
     pub fn request_timeout(mut self, timeout: Duration) -> Config {
-        self.request_timeout = timeout.max(Duration::from_millis(10));
+        self.request_timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(600));
         self
     }
 
@@ -287,9 +291,9 @@ impl Config {
         self
     }
 
-    /// Upper bound for shutdown (last report and logout), default 3 s.
+    /// Upper bound for shutdown (last report and logout), default 3 s, at most 1 h.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Config {
-        self.shutdown_timeout = timeout;
+        self.shutdown_timeout = timeout.min(HOUR);
         self
     }
 }
@@ -297,24 +301,31 @@ impl Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
-        d.field("servers", &self.servers)
-            .field("app_id", &self.app_id)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("app_name", &self.app_name)
-            .field("version", &self.version)
-            .field("period", &self.period)
-            .field("first_report_delay", &self.first_report_delay)
-            .field("max_samples", &self.max_samples)
-            .field("max_errors", &self.max_errors)
-            .field("timeout", &self.timeout)
-            .field("max_tag_length", &self.max_tag_length)
-            .field("excludes", &self.excludes)
-            .field("console", &self.console)
-            .field("reporters", &self.reporters.len())
-            .field("channel_capacity", &self.channel_capacity)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()));
+        d.field(
+            "servers",
+            &self
+                .servers
+                .iter()
+                .map(|s| crate::http::redact_url(s))
+                .collect::<Vec<_>>(),
+        )
+        .field("app_id", &self.app_id)
+        .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+        .field("app_name", &self.app_name)
+        .field("version", &self.version)
+        .field("period", &self.period)
+        .field("first_report_delay", &self.first_report_delay)
+        .field("max_samples", &self.max_samples)
+        .field("max_errors", &self.max_errors)
+        .field("timeout", &self.timeout)
+        .field("max_tag_length", &self.max_tag_length)
+        .field("excludes", &self.excludes)
+        .field("console", &self.console)
+        .field("reporters", &self.reporters.len())
+        .field("channel_capacity", &self.channel_capacity)
+        .field("shutdown_timeout", &self.shutdown_timeout)
+        .field("request_timeout", &self.request_timeout)
+        .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()));
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()

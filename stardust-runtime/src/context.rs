@@ -28,13 +28,6 @@ pub struct SpanContext {
     pub(crate) sw: Option<Arc<SwRef>>,
 }
 
-fn to_name(name: Cow<'static, str>) -> Name {
-    match name {
-        Cow::Borrowed(s) => Name::Static(s),
-        Cow::Owned(s) => Name::Owned(s.into_boxed_str()),
-    }
-}
-
 impl SpanContext {
     /// Reads a context from incoming headers: `traceparent` (+ `tracestate`), `Request-Id`,
     /// `Eagleeye-Traceid` or `TraceId`, the first valid one in that order, then `sw8` while
@@ -105,18 +98,14 @@ impl SpanContext {
         if !crate::collector::enabled() {
             return SpanGuard::disabled();
         }
-        span::open(to_name(name), Origin::Remote(self), None, kind)
+        span::open(Name::from(name), Origin::Remote(self), None, kind)
     }
 
     /// Makes this context the parent of the spans opened on this thread until the returned
     /// guard is dropped. Attaching records no span of its own.
     pub fn attach(&self) -> AttachGuard {
         let id = crate::id::random_u64();
-        let (parent, remote_parent) = match &self.parent {
-            ParentId::None => (0, None),
-            ParentId::Span(v) => (*v, None),
-            ParentId::Verbatim(s) => (0, Some(s.clone())),
-        };
+        let (parent, remote_parent) = self.parent.split();
         let extra = Some(Box::new(Extra {
             remote_parent,
             tracestate: self.tracestate.clone(),
@@ -332,7 +321,12 @@ pub fn entry_span(
     }
     match SpanContext::extract(headers) {
         Some(ctx) => ctx.child_of_kind(name.into(), SpanKind::Entry),
-        None => span::open(to_name(name.into()), Origin::Current, None, SpanKind::Entry),
+        None => span::open(
+            Name::from(name.into()),
+            Origin::Current,
+            None,
+            SpanKind::Entry,
+        ),
     }
 }
 
@@ -342,7 +336,12 @@ pub fn exit_span(name: impl Into<Cow<'static, str>>, peer: &str) -> SpanGuard {
     if !crate::collector::enabled() {
         return SpanGuard::disabled();
     }
-    let guard = span::open(to_name(name.into()), Origin::Current, None, SpanKind::Exit);
+    let guard = span::open(
+        Name::from(name.into()),
+        Origin::Current,
+        None,
+        SpanKind::Exit,
+    );
     if guard.is_recording() {
         let peer: Arc<str> = Arc::from(peer);
         span::with_span(guard.raw_id(), |s| s.extra_mut().peer = Some(peer));

@@ -117,14 +117,17 @@ impl<F: Future> Future for Instrumented<F> {
         if let State::NotStarted = this.state {
             this.state = if collector::enabled() {
                 let span = span::with_local(|local| {
-                    span::new_span(
-                        local,
-                        Name::Static(this.callsite.name),
-                        Origin::Current,
-                        Some(this.callsite),
-                        SpanKind::Local,
-                    )
-                });
+                    (!local.suppressed).then(|| {
+                        span::new_span(
+                            local,
+                            Name::Static(this.callsite.name),
+                            Origin::Current,
+                            Some(this.callsite),
+                            SpanKind::Local,
+                        )
+                    })
+                })
+                .flatten();
                 match span {
                     Some(span) => State::Running {
                         span: Some(span),

@@ -13,6 +13,8 @@ use crate::span::SpanGuard;
 
 /// Most distinct outgoing span names per host; past it calls are named `{scheme}://{authority}`.
 const MAX_NAMES_PER_HOST: usize = 64;
+/// Most hosts whose outgoing names are tracked; calls to further hosts are named by host only.
+const MAX_HOSTS: usize = 1024;
 /// Longest path segment kept in an outgoing span name.
 const MAX_SEGMENT_CHARS: usize = 16;
 
@@ -65,6 +67,25 @@ impl IncomingSpan {
     }
 }
 
+/// `host:port` of an authority, without any `user:password@`.
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// `url` with any `user:password@` in its authority removed (for names, tags and logs).
+pub(crate) fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]).into(),
+        None => url.into(),
+    }
+}
+
 static OUTGOING_NAMES: Mutex<Option<HashMap<String, HashSet<String>>>> = Mutex::new(None);
 
 /// The span name of an outgoing call to `url`: `{scheme}://{authority}/` plus the leading path
@@ -77,6 +98,7 @@ pub fn outgoing_name(url: &str) -> String {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
+    let authority = without_userinfo(authority);
     let base = format!("{scheme}://{authority}");
     let mut name = format!("{base}/");
     let mut first = true;
@@ -91,10 +113,11 @@ pub fn outgoing_name(url: &str) -> String {
         first = false;
     }
     let mut names = OUTGOING_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let per_host = names
-        .get_or_insert_with(HashMap::new)
-        .entry(base.clone())
-        .or_default();
+    let hosts = names.get_or_insert_with(HashMap::new);
+    if !hosts.contains_key(&base) && hosts.len() >= MAX_HOSTS {
+        return base;
+    }
+    let per_host = hosts.entry(base.clone()).or_default();
     if per_host.contains(&name) {
         return name;
     }
@@ -149,9 +172,10 @@ impl ureq::middleware::Middleware for TracingMiddleware {
         let peer = request
             .uri()
             .authority()
-            .map(|a| a.as_str().to_owned())
+            .map(|a| without_userinfo(a.as_str()).to_owned())
             .unwrap_or_default();
         let mut span = exit_span(outgoing_name(&uri), &peer);
+        let uri = redact_url(&uri).into_owned();
         span.tag_with(|| format!("{} {uri}", request.method()));
         span.add_attr("http.method", || request.method().to_string());
         span.add_attr("url", || uri.clone());
@@ -190,6 +214,12 @@ mod tests {
             "http://10.0.0.1:8080/inventory/check"
         );
         assert_eq!(outgoing_name("https://h.example"), "https://h.example/");
+        assert_eq!(
+            outgoing_name("https://alice:s3cret@api.example/v1/orders"),
+            "https://api.example/v1/orders"
+        );
+        assert_eq!(redact_url("http://u:p@h:1/x?q"), "http://h:1/x?q");
+        assert_eq!(redact_url("http://h:1/a@b"), "http://h:1/a@b");
         for i in 0..100 {
             let n = outgoing_name(&format!("http://many:1/item/{i}"));
             if i < 64 {

@@ -142,6 +142,17 @@ pub(crate) enum ParentId {
     Verbatim(Arc<str>),
 }
 
+impl ParentId {
+    /// As stored on a span: a numeric parent (0 for none or verbatim) and the verbatim text.
+    pub(crate) fn split(&self) -> (u64, Option<Arc<str>>) {
+        match self {
+            ParentId::None => (0, None),
+            ParentId::Span(v) => (*v, None),
+            ParentId::Verbatim(s) => (0, Some(s.clone())),
+        }
+    }
+}
+
 pub(crate) fn is_lower_hex(text: &str) -> bool {
     !text.is_empty()
         && text

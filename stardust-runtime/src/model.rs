@@ -75,16 +75,20 @@ impl TraceModel {
     /// A copy without samples: what the retry queue keeps.
     pub fn without_samples(&self) -> TraceModel {
         TraceModel {
+            app_id: self.app_id.clone(),
+            app_name: self.app_name.clone(),
+            client_id: self.client_id.clone(),
+            version: self.version.clone(),
             builders: self
                 .builders
                 .iter()
                 .map(|b| SpanBuilderModel {
+                    name: b.name.clone(),
                     samples: None,
                     error_samples: None,
-                    ..b.clone()
+                    ..*b
                 })
                 .collect(),
-            ..self.clone()
         }
     }
 }

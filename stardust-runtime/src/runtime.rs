@@ -103,7 +103,8 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     for s in &config.servers {
         if !(s.starts_with("http://") || s.starts_with("https://")) {
             return Err(InitError::InvalidConfig(format!(
-                "server `{s}` is not an http:// or https:// URL"
+                "server `{}` is not an http:// or https:// URL",
+                crate::http::redact_url(s)
             )));
         }
     }
@@ -205,11 +206,17 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
 
     let up_thread = std::thread::Builder::new()
         .name("stardust-uploader".into())
-        .spawn(move || uploader.run())
+        .spawn(move || {
+            span::suppress_this_thread();
+            uploader.run()
+        })
         .map_err(InitError::Spawn)?;
     let agg_thread = std::thread::Builder::new()
         .name("stardust-aggregator".into())
-        .spawn(move || aggregator.run())
+        .spawn(move || {
+            span::suppress_this_thread();
+            aggregator.run()
+        })
         .map_err(InitError::Spawn)?;
 
     let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;

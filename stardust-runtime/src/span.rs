@@ -24,6 +24,15 @@ pub(crate) enum Name {
     Owned(Box<str>),
 }
 
+impl From<Cow<'static, str>> for Name {
+    fn from(name: Cow<'static, str>) -> Name {
+        match name {
+            Cow::Borrowed(s) => Name::Static(s),
+            Cow::Owned(s) => Name::Owned(s.into_boxed_str()),
+        }
+    }
+}
+
 impl Name {
     pub(crate) fn as_str(&self) -> &str {
         match self {
@@ -132,6 +141,8 @@ pub(crate) struct Local {
     batch_generation: u64,
     batch_started: u64,
     sender: LocalSender,
+    /// The runtime's own threads record nothing.
+    pub suppressed: bool,
 }
 
 impl Local {
@@ -142,6 +153,7 @@ impl Local {
             batch_generation: 0,
             batch_started: 0,
             sender: LocalSender::new(),
+            suppressed: false,
         }
     }
 
@@ -252,11 +264,7 @@ pub(crate) fn new_span(
                 ),
             },
             Origin::Remote(ctx) => {
-                let (parent, remote_parent) = match &ctx.parent {
-                    crate::id::ParentId::None => (0, None),
-                    crate::id::ParentId::Span(v) => (*v, None),
-                    crate::id::ParentId::Verbatim(s) => (0, Some(s.clone())),
-                };
+                let (parent, remote_parent) = ctx.parent.split();
                 (
                     ctx.trace_id.clone(),
                     parent,
@@ -268,8 +276,13 @@ pub(crate) fn new_span(
                 )
             }
         };
-    if flags & FLAG_SEG_ROOT != 0 && flags & FLAG_SAMPLED == 0 {
-        let cs = callsite.unwrap_or_else(|| callsite::for_name(name.as_str()));
+    // Any span that inherited no flag takes one while it is among the first MaxSamples of its
+    // name this period (.NET `DefaultSpanBuilder.Start`, stardust.md §B5.6).
+    if flags & FLAG_SAMPLED == 0 {
+        let cs = callsite.unwrap_or_else(|| match &name {
+            Name::Static(s) => callsite::for_static(s),
+            Name::Owned(s) => callsite::for_name(s),
+        });
         if cs.take_flag() {
             flags |= FLAG_SAMPLED;
         }
@@ -310,12 +323,21 @@ pub(crate) fn open(
     kind: SpanKind,
 ) -> SpanGuard {
     with_local(|local| {
+        if local.suppressed {
+            return SpanGuard::disabled();
+        }
         let span = new_span(local, name, origin, callsite, kind);
         let id = span.span_id;
         local.stack.push(span);
         SpanGuard::from_id(id)
     })
     .unwrap_or_else(SpanGuard::disabled)
+}
+
+/// Records no span on this thread from now on: the runtime's own threads call it, so that
+/// their work (and a logger or reporter that opens spans) is never traced.
+pub(crate) fn suppress_this_thread() {
+    with_local(|local| local.suppressed = true);
 }
 
 /// Closes an open span of this thread: records it (unless abandoned) with the current time.
@@ -326,32 +348,29 @@ pub(crate) fn close(id: u64) {
         let Some(idx) = local.position(id) else {
             return;
         };
-        let mut span = if idx + 1 == local.stack.len() {
+        let span = if idx + 1 == local.stack.len() {
             local.stack.pop().expect("index checked")
         } else {
             // Closed out of order (a guard dropped early by hand): keep the others in place.
             local.stack.remove(idx)
         };
-        finish(local, &mut span, end, panicking);
-        if span.flags & FLAG_ABANDONED == 0 {
-            local.push_record(SpanRecord { span, end });
-        }
+        finish(local, span, end, panicking);
     });
 }
 
 /// Records a span that is not on the stack (an instrumented future's own span).
-pub(crate) fn record(mut span: OpenSpan, end: u64, panicking: bool) {
-    with_local(|local| {
-        finish(local, &mut span, end, panicking);
-        if span.flags & FLAG_ABANDONED == 0 {
-            local.push_record(SpanRecord { span, end });
-        }
-    });
+pub(crate) fn record(span: OpenSpan, end: u64, panicking: bool) {
+    with_local(|local| finish(local, span, end, panicking));
 }
 
-fn finish(_local: &mut Local, span: &mut OpenSpan, _end: u64, panicking: bool) {
+/// Ends a span taken off the stack: `panicked` when closed during a panic; into the batch
+/// unless abandoned.
+fn finish(local: &mut Local, mut span: OpenSpan, end: u64, panicking: bool) {
     if panicking && span.error().is_none() {
         span.extra_mut().error = Some("panicked".to_owned());
+    }
+    if span.flags & FLAG_ABANDONED == 0 {
+        local.push_record(SpanRecord { span, end });
     }
 }
 
@@ -510,11 +529,12 @@ pub fn span(name: impl Into<Cow<'static, str>>) -> SpanGuard {
     if !collector::enabled() {
         return SpanGuard::disabled();
     }
-    let name = match name.into() {
-        Cow::Borrowed(s) => Name::Static(s),
-        Cow::Owned(s) => Name::Owned(s.into_boxed_str()),
-    };
-    open(name, Origin::Current, None, SpanKind::Local)
+    open(
+        Name::from(name.into()),
+        Origin::Current,
+        None,
+        SpanKind::Local,
+    )
 }
 
 /// Opens a span for a `#[trace]` callsite.

@@ -280,6 +280,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("stardust-skywalking".into())
         .spawn(move || {
+            crate::span::suppress_this_thread();
             reporter.run();
             let _ = done_tx.send(());
         })

@@ -102,8 +102,8 @@ impl Api {
                     if next != self.current {
                         log::warn!(
                             "stardust: {} unreachable ({m}); failing over to {}",
-                            self.servers[self.current],
-                            self.servers[next]
+                            crate::http::redact_url(&self.servers[self.current]),
+                            crate::http::redact_url(&self.servers[next])
                         );
                     }
                     self.current = next;

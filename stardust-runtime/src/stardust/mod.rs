@@ -106,11 +106,19 @@ impl StardustSink {
     }
 
     /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`.
+    /// An offset beyond this (±10 years) is a broken server clock, not a skew: ignored.
+    const MAX_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
+
     fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) {
         if let Some(server) = get_i64(data, "serverTime").filter(|t| *t > 0) {
             let now = Self::local_ms();
-            let delay = (now - sent_local_ms).max(0);
-            clock::set_server_offset_ms(server + delay / 2 - now);
+            let delay = now.saturating_sub(sent_local_ms).max(0);
+            let offset = server.saturating_add(delay / 2).saturating_sub(now);
+            if offset.abs() <= Self::MAX_OFFSET_MS {
+                clock::set_server_offset_ms(offset);
+            } else {
+                log::warn!("stardust: ignoring an implausible server time ({server})");
+            }
         }
     }
 
@@ -153,7 +161,7 @@ impl StardustSink {
         self.next_ping = Some(Instant::now() + Duration::from_secs(3));
         log::info!(
             "stardust: logged in to {} as `{}`",
-            self.api.server(),
+            crate::http::redact_url(self.api.server()),
             self.app_id
         );
         Ok(())
@@ -169,7 +177,7 @@ impl StardustSink {
                 self.next_login = Instant::now() + Duration::from_secs(wait);
                 log::warn!(
                     "stardust: login to {} failed: {e}; retrying in {wait} s",
-                    self.api.server()
+                    crate::http::redact_url(self.api.server())
                 );
                 false
             }
@@ -201,7 +209,13 @@ impl StardustSink {
             Err(CallError::Business { code: 401, message }) => {
                 log::info!("stardust: {path} answered 401 ({message}); logging in again");
                 self.logged_in = false;
-                self.login(deadline)?;
+                // A failed re-login is not the report's fault: keep the data (Transport).
+                if let Err(e) = self.login(deadline) {
+                    self.login_failures += 1;
+                    let wait = (5 * self.login_failures as u64).min(30);
+                    self.next_login = Instant::now() + Duration::from_secs(wait);
+                    return Err(CallError::Transport(format!("login again failed: {e}")));
+                }
                 self.api
                     .call(post, path, body_of(body), self.request_timeout, deadline)
             }
@@ -319,6 +333,9 @@ impl StardustSink {
 
     /// Replays queued reports, oldest first, until one fails on the network.
     fn drain(&mut self, deadline: Option<Instant>) {
+        // Never hold the uploader for long: the rest waits for the next tick.
+        let budget = Instant::now() + Duration::from_secs(30);
+        let deadline = Some(deadline.map_or(budget, |d| d.min(budget)));
         while let Some(model) = self.queue.pop_front() {
             match self.upload(&model, deadline) {
                 Ok(reply) => self.apply(&reply),
