@@ -17,9 +17,11 @@ enum State {
     NotStarted,
     /// Not recording (runtime not initialised at the first poll).
     Disabled,
-    /// Our span, plus spans opened inside the future that were still open when it yielded
-    /// (guards held across an `.await`), bottom first.
+    /// Our span `id` (in `span` between polls, on the thread's stack during one), plus spans
+    /// opened inside the future that were still open when it yielded (guards held across an
+    /// `.await`), bottom first.
     Running {
+        id: u64,
         span: Option<OpenSpan>,
         stash: Vec<OpenSpan>,
     },
@@ -45,11 +47,11 @@ pub fn instrument<F: Future>(callsite: &'static Callsite, fut: F) -> Instrumente
 impl<F> Instrumented<F> {
     /// Puts our span and the stashed spans back on the thread's stack.
     fn enter(state: &mut State) -> Option<u64> {
-        let State::Running { span, stash } = state else {
+        let State::Running { id, span, stash } = state else {
             return None;
         };
         let own = span.take()?;
-        let id = own.span_id;
+        let id = *id;
         span::with_local(|local| {
             local.stack.push(own);
             local.stack.append(stash);
@@ -59,7 +61,7 @@ impl<F> Instrumented<F> {
 
     /// Takes our span (and everything opened above it) back off the stack.
     fn exit(state: &mut State, id: u64) {
-        let State::Running { span, stash } = state else {
+        let State::Running { span, stash, .. } = state else {
             return;
         };
         span::with_local(|local| {
@@ -75,7 +77,7 @@ impl<F> Instrumented<F> {
     }
 
     fn finish(state: &mut State, error: Option<&'static str>) {
-        if let State::Running { span, stash } = std::mem::replace(state, State::Done) {
+        if let State::Running { span, stash, .. } = std::mem::replace(state, State::Done) {
             let end = clock::now();
             if let Some(mut own) = span {
                 // Spans still open inside a finished future were leaked by the user; the
@@ -114,42 +116,63 @@ impl<F: Future> Future for Instrumented<F> {
         // dropped in place in `Drop`); the other fields are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         let fut = unsafe { Pin::new_unchecked(&mut *this.fut) };
-        if let State::NotStarted = this.state {
-            this.state = if collector::enabled() {
-                let span = span::with_local(|local| {
-                    (!local.suppressed).then(|| {
-                        span::new_span(
+        let id = match &this.state {
+            State::NotStarted => {
+                // The span starts now, directly on the thread's stack.
+                let callsite = this.callsite;
+                let pushed = if collector::enabled() {
+                    span::with_local(|local| {
+                        if local.suppressed {
+                            return None;
+                        }
+                        let own = span::new_span(
                             local,
-                            Name::Static(this.callsite.name),
+                            Name::Static(callsite.name),
                             Origin::Current,
-                            Some(this.callsite),
+                            Some(callsite),
                             SpanKind::Local,
-                        )
+                        );
+                        let id = own.span_id;
+                        local.stack.push(own);
+                        Some(id)
                     })
-                })
-                .flatten();
-                match span {
-                    Some(span) => State::Running {
-                        span: Some(span),
-                        stash: Vec::new(),
-                    },
-                    None => State::Disabled,
+                    .flatten()
+                } else {
+                    None
+                };
+                match pushed {
+                    Some(id) => {
+                        this.state = State::Running {
+                            id,
+                            span: None,
+                            stash: Vec::new(),
+                        };
+                        id
+                    }
+                    None => {
+                        this.state = State::Disabled;
+                        return fut.poll(cx);
+                    }
                 }
-            } else {
-                State::Disabled
-            };
-        }
-        let Some(id) = Self::enter(&mut this.state) else {
-            return fut.poll(cx);
+            }
+            State::Running { .. } => match Self::enter(&mut this.state) {
+                Some(id) => id,
+                None => return fut.poll(cx),
+            },
+            State::Disabled | State::Done => return fut.poll(cx),
         };
         let guard = PollGuard {
             state: &mut this.state,
             id,
         };
         let out = fut.poll(cx);
-        drop(guard);
         if out.is_ready() {
-            Self::finish(&mut this.state, None);
+            // Completed: close the span straight from the stack (one thread-local access).
+            std::mem::forget(guard);
+            span::close(id);
+            this.state = State::Done;
+        } else {
+            drop(guard);
         }
         out
     }

@@ -13,7 +13,7 @@ use crate::clock;
 use crate::collector::{self, ENABLED, GENERATION, Msg};
 use crate::config::Config;
 use crate::console::ConsoleReporter;
-use crate::settings::SETTINGS;
+use crate::settings::{SETTINGS, Snapshot};
 use crate::span;
 use crate::stardust::{StardustOptions, StardustSink};
 use crate::sysinfo;
@@ -110,19 +110,12 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     }
     clock::init();
     clock::set_server_offset_ms(0);
-    SETTINGS
-        .max_samples
-        .store(config.max_samples, Ordering::Relaxed);
-    SETTINGS
-        .max_errors
-        .store(config.max_errors, Ordering::Relaxed);
-    SETTINGS.timeout_ms.store(
-        config.timeout.as_millis().min(i32::MAX as u128) as i32,
-        Ordering::Relaxed,
-    );
-    SETTINGS
-        .max_tag_length
-        .store(config.max_tag_length, Ordering::Relaxed);
+    SETTINGS.restore(Snapshot {
+        max_samples: config.max_samples,
+        max_errors: config.max_errors,
+        timeout_ms: config.timeout.as_millis().min(i32::MAX as u128) as i32,
+        max_tag_length: config.max_tag_length,
+    });
     SETTINGS.period_secs.store(
         config.period.as_secs().clamp(1, 3600) as u32,
         Ordering::Relaxed,

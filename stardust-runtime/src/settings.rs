@@ -48,6 +48,15 @@ impl Settings {
         }
     }
 
+    /// Puts back the values of a snapshot.
+    pub(crate) fn restore(&self, s: Snapshot) {
+        self.max_samples.store(s.max_samples, Ordering::Relaxed);
+        self.max_errors.store(s.max_errors, Ordering::Relaxed);
+        self.timeout_ms.store(s.timeout_ms, Ordering::Relaxed);
+        self.max_tag_length
+            .store(s.max_tag_length, Ordering::Relaxed);
+    }
+
     pub(crate) fn excludes(&self) -> Vec<String> {
         self.excludes
             .lock()

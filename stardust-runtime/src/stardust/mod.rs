@@ -450,26 +450,18 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
     assert!(after.max_tag_length <= 64 * 1024 || after.max_tag_length == saved.max_tag_length);
     assert!((1..=3600).contains(&SETTINGS.period_secs.load(Ordering::Relaxed)));
     assert!(SETTINGS.excludes().len() <= MAX_EXCLUDES);
+    let saved_offset = clock::server_offset_ms();
     if let Value::Object(o) = &value {
         let _ = (
             get_str(o, "token"),
             get_str(o, "code"),
             get_str(o, "secret"),
         );
-        let _ = (get_i64(o, "serverTime"), get_i64(o, "period"));
+        StardustSink::sync_clock(o, StardustSink::local_ms());
+        assert!(clock::server_offset_ms().abs() <= StardustSink::MAX_OFFSET_MS);
     }
-    SETTINGS
-        .max_samples
-        .store(saved.max_samples, Ordering::Relaxed);
-    SETTINGS
-        .max_errors
-        .store(saved.max_errors, Ordering::Relaxed);
-    SETTINGS
-        .timeout_ms
-        .store(saved.timeout_ms, Ordering::Relaxed);
-    SETTINGS
-        .max_tag_length
-        .store(saved.max_tag_length, Ordering::Relaxed);
+    clock::set_server_offset_ms(saved_offset);
+    SETTINGS.restore(saved);
     SETTINGS.period_secs.store(saved_period, Ordering::Relaxed);
     SETTINGS.set_excludes(saved_excludes);
 }
