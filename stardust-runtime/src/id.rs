@@ -190,26 +190,40 @@ fn seed() -> u64 {
 /// wyrand: fast, good-quality, thread-local, lock-free.
 #[inline]
 pub(crate) fn random_u64() -> u64 {
-    RNG.with(|cell| {
-        let mut s = cell.get();
-        if s == 0 {
-            s = seed();
+    RNG.with(next_u64)
+}
+
+/// The next non-zero number of the generator whose state is `cell` (seeded on first use).
+#[inline]
+pub(crate) fn next_u64(cell: &Cell<u64>) -> u64 {
+    let mut s = cell.get();
+    if s == 0 {
+        s = seed();
+    }
+    loop {
+        s = s.wrapping_add(0xa076_1d64_78bd_642f);
+        cell.set(s);
+        let t = (s as u128).wrapping_mul((s ^ 0xe703_7ed1_a0b4_28db) as u128);
+        let v = (t >> 64) as u64 ^ t as u64;
+        if v != 0 {
+            return v;
         }
-        loop {
-            s = s.wrapping_add(0xa076_1d64_78bd_642f);
-            cell.set(s);
-            let t = (s as u128).wrapping_mul((s ^ 0xe703_7ed1_a0b4_28db) as u128);
-            let v = (t >> 64) as u64 ^ t as u64;
-            if v != 0 {
-                return v;
-            }
-        }
-    })
+    }
 }
 
 #[inline]
 pub(crate) fn random_u128() -> u128 {
     ((random_u64() as u128) << 64) | random_u64() as u128
+}
+
+impl TraceId {
+    /// A new random W3C trace id from the generator `cell`.
+    #[inline]
+    pub(crate) fn random_from(cell: &Cell<u64>) -> TraceId {
+        TraceId(TraceRepr::Hex32(
+            ((next_u64(cell) as u128) << 64) | next_u64(cell) as u128,
+        ))
+    }
 }
 
 #[cfg(test)]

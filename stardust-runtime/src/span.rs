@@ -143,6 +143,8 @@ pub(crate) struct Local {
     sender: LocalSender,
     /// The runtime's own threads record nothing.
     pub suppressed: bool,
+    /// This thread's id generator (kept here: one thread-local access per span, not two).
+    rng: std::cell::Cell<u64>,
 }
 
 impl Local {
@@ -154,6 +156,7 @@ impl Local {
             batch_started: 0,
             sender: LocalSender::new(),
             suppressed: false,
+            rng: std::cell::Cell::new(0),
         }
     }
 
@@ -220,7 +223,7 @@ pub(crate) fn new_span(
     callsite: Option<&Callsite>,
     kind: SpanKind,
 ) -> OpenSpan {
-    let span_id = crate::id::random_u64();
+    let span_id = crate::id::next_u64(&local.rng);
     let inherited = |s: &OpenSpan| {
         s.extra
             .as_ref()
@@ -254,7 +257,7 @@ pub(crate) fn new_span(
                     span_id,
                 ),
                 None => (
-                    TraceId::random(),
+                    TraceId::random_from(&local.rng),
                     0,
                     None,
                     FLAG_SEG_ROOT,
