@@ -214,7 +214,7 @@ fn soak_under_faults_counts_exactly_with_bounded_memory_and_latency() {
         hang.quantile(0.999),
         hang.count
     );
-    eprintln!("soak: spans dropped at the channel: {}", dropped);
+    eprintln!("soak: spans dropped (aggregator behind): {}", dropped);
     eprintln!(
         "soak: peak RSS {peak} kB (during faults {rss_during} kB); shutdown took {shutdown:?}"
     );

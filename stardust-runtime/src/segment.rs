@@ -36,13 +36,13 @@ pub(crate) struct SwRef {
     pub address: String,
 }
 
-#[allow(dead_code)] // called by the SkyWalking reporter
+#[cfg(feature = "skywalking")]
 pub(crate) fn enable(identity: Identity) {
     *IDENTITY.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(identity));
     ENABLED.store(true, Ordering::Release);
 }
 
-#[allow(dead_code)] // called by the SkyWalking reporter
+#[cfg(feature = "skywalking")]
 pub(crate) fn disable() {
     ENABLED.store(false, Ordering::Release);
 }
