@@ -11,13 +11,7 @@ use stardust_runtime::Config;
 #[test]
 fn a_million_names_in_one_period_stay_bounded() {
     let _serial = common::serial();
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .reporter(capture)
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
+    let (guard, rx) = common::start(Config::new());
     const N: usize = 1_000_000;
     let before = common::peak_rss_kb();
     for i in 0..N {

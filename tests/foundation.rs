@@ -157,18 +157,14 @@ fn merged(models: &[TraceModel]) -> HashMap<String, SpanBuilderModel> {
 #[test]
 fn one_period_on_several_threads_is_counted_exactly() {
     let _serial = common::serial();
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
+    let (guard, rx) = common::start(
         Config::new()
             .app_id("e2e")
-            .reporter(capture)
             .max_samples(2)
             .max_errors(3)
             .slow_threshold(Duration::from_millis(20))
-            .period(Duration::from_secs(3600))
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
+            .period(Duration::from_secs(3600)),
+    );
 
     const THREADS: u32 = 4;
     const CALLS: u32 = 50;
@@ -279,14 +275,7 @@ fn one_period_on_several_threads_is_counted_exactly() {
 #[test]
 fn parents_and_trace_ids_link_in_sync_and_async_code() {
     let _serial = common::serial();
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .reporter(capture)
-            .max_samples(100)
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
+    let (guard, rx) = common::start(Config::new().max_samples(100));
 
     let (trace, outer_id) = outer();
     assert_eq!(trace.len(), 32);
@@ -371,6 +360,21 @@ fn before_init_traced_calls_record_nothing() {
     let g = stardust_runtime::init_with(Config::new().reporter(capture)).unwrap();
     assert!(g.flush());
     assert!(common::drain(&rx).is_empty());
+
+    // A span opened under that runtime and closed after it stopped belongs to nobody: the
+    // next runtime must not count it.
+    let stale = stardust_runtime::span("stale/old-runtime");
+    assert!(stale.is_recording());
+    drop(g);
+    drop(stale);
+    let (g, rx) = common::start(Config::new());
+    drop(stardust_runtime::span("fresh/new-runtime"));
+    assert!(g.flush());
+    let names: Vec<String> = common::drain(&rx)
+        .iter()
+        .flat_map(|m| m.builders.iter().map(|b| b.name.clone()))
+        .collect();
+    assert_eq!(names, ["fresh/new-runtime"]);
 }
 
 /// Panics on its first report, then forwards.
@@ -420,15 +424,7 @@ fn arguments_are_never_captured_unless_a_tag_asks() {
         user.len() + password.len()
     }
     let _serial = common::serial();
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .reporter(capture)
-            .max_samples(10)
-            .max_tag_length(8)
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
+    let (guard, rx) = common::start(Config::new().max_samples(10).max_tag_length(8));
     login("alice", "hunter2-pw");
     tagged("bob-the-builder", "hunter2-pw");
     assert!(guard.flush());

@@ -29,13 +29,7 @@ fn a_logger_that_opens_spans_does_not_deadlock_the_aggregator() {
     static LOGGER: SpanningLogger = SpanningLogger;
     log::set_logger(&LOGGER).unwrap();
     log::set_max_level(log::LevelFilter::Debug);
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .reporter(capture)
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
+    let (guard, rx) = common::start(Config::new());
     // More names than a period keeps: the aggregator logs the overflow warning.
     for i in 0..10_050 {
         drop(stardust_runtime::span(format!("name/{i}")));

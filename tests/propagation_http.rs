@@ -66,15 +66,7 @@ fn start() -> (
     stardust_runtime::Guard,
     crossbeam_channel::Receiver<TraceModel>,
 ) {
-    let (capture, rx) = common::capture();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .reporter(capture)
-            .max_samples(100)
-            .first_report_delay(Duration::from_secs(3600)),
-    )
-    .unwrap();
-    (guard, rx)
+    common::start(Config::new().max_samples(100))
 }
 
 #[test]

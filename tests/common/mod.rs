@@ -50,3 +50,16 @@ pub fn peak_rss_kb() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Starts the runtime with `config` plus a capturing reporter; the first automatic cut is an
+/// hour away, so the test cuts periods with `flush()`.
+pub fn start(config: stardust_runtime::Config) -> (stardust_runtime::Guard, Receiver<TraceModel>) {
+    let (capture, rx) = capture();
+    let guard = stardust_runtime::init_with(
+        config
+            .reporter(capture)
+            .first_report_delay(Duration::from_secs(3600)),
+    )
+    .expect("init");
+    (guard, rx)
+}
