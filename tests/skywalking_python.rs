@@ -2,23 +2,107 @@
 //! agent's carrier (`apache-skywalking` 1.3.0, `skywalking.trace.carrier.Carrier`). Python must
 //! decode our headers to the same fields, and we must decode its output to the same fields.
 //!
-//! Needs `python3` with `pip install --no-deps apache-skywalking==1.3.0` (done by `.ci/run`);
-//! without them these tests fail, they do not skip.
+//! Needs only `python3` with its `venv` module: on first use the test creates a virtual
+//! environment under Cargo's target directory (`target/tmp/skywalking-venv`), installs the pinned
+//! package into it from the package index and reuses it afterwards. The system interpreter's
+//! site-packages are never used, so the test proves the fresh-machine path. Without `python3`,
+//! `venv` or the package index these tests fail with a message saying which; they never skip.
 #![cfg(feature = "skywalking")]
 
 mod common;
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 use stardust_runtime::{Config, SpanContext, correlation, entry_span, exit_span, init_with};
 use support::fake_oap::FakeOap;
 
-/// Runs `script` with `python3`, the carrier module imported, `env` in the environment; the
-/// script prints one JSON value.
+/// The package the cross-check pins.
+const PACKAGE: &str = "apache-skywalking==1.3.0";
+
+/// The environment's interpreter, provisioned once per test process.
+fn venv_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| match provision() {
+        Ok(p) => p,
+        Err(e) => panic!("the SkyWalking cross-check could not set up Python: {e}"),
+    })
+}
+
+fn describe(cmd: &str, out: &Output) -> String {
+    format!(
+        "`{cmd}` exited with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Creates `target/tmp/skywalking-venv` with [`PACKAGE`] installed, unless a complete one is
+/// there already (a marker file is written last, so an interrupted set-up is redone). Built in a
+/// scratch directory and renamed into place, so a half-made environment is never reused.
+fn provision() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = root.join("skywalking-venv");
+    let python = dir.join("bin").join("python");
+    let marker = dir.join("installed.txt");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == PACKAGE) && python.exists() {
+        return Ok(python);
+    }
+    let scratch = root.join(format!("skywalking-venv.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let out = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&scratch)
+        .output()
+        .map_err(|e| {
+            format!("`python3` could not be run ({e}); install Python 3 with its venv module")
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}(on Debian and Ubuntu the venv module is the package python3-venv)",
+            describe("python3 -m venv", &out)
+        ));
+    }
+    let out = Command::new(scratch.join("bin").join("python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-deps",
+            PACKAGE,
+        ])
+        .env("PIP_NO_INPUT", "1")
+        .output()
+        .map_err(|e| format!("the new environment's python could not be run: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Err(format!(
+            "could not fetch `{PACKAGE}` from the Python package index (is it reachable?): {}",
+            describe(&format!("pip install --no-deps {PACKAGE}"), &out)
+        ));
+    }
+    std::fs::write(scratch.join("installed.txt"), PACKAGE)
+        .map_err(|e| format!("cannot write the marker: {e}"))?;
+    // The environment's scripts hold its absolute path: it is made under its final name's
+    // parent and only renamed, and `python -m` is all this test runs, which does not use them.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&scratch, &dir)
+        .map_err(|e| format!("cannot move the environment into {}: {e}", dir.display()))?;
+    Ok(python)
+}
+
+/// Runs `script` with the provisioned Python, the carrier module imported, `env` in the
+/// environment; the script prints one JSON value.
 fn python(script: &str, env: &[(&str, &str)]) -> Value {
     let prelude = "\
 import json, os, sys
@@ -27,17 +111,16 @@ v = version('apache-skywalking')
 assert v == '1.3.0', 'apache-skywalking ' + v + ' installed, the cross-check pins 1.3.0'
 from skywalking.trace.carrier import Carrier
 ";
-    let out = Command::new("python3")
+    let out = Command::new(venv_python())
+        .arg("-I") // isolated: no user site-packages, no PYTHON* variables
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .envs(env.iter().copied())
         .output()
-        .expect(
-            "python3 is needed for the SkyWalking cross-check (with: python3 -m pip install --no-deps apache-skywalking==1.3.0)",
-        );
+        .expect("the provisioned python could not be run");
     assert!(
         out.status.success(),
-        "python3 failed (is apache-skywalking==1.3.0 installed? python3 -m pip install --no-deps apache-skywalking==1.3.0):\n{}",
+        "python failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

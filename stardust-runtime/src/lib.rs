@@ -34,7 +34,7 @@ pub mod __private;
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
 
-pub use stardust_macros::trace;
+pub use stardust_runtime_macros::trace;
 
 pub use config::Config;
 pub use context::{AttachGuard, SpanContext, capture, entry_span, exit_span, spawn, wrap};
