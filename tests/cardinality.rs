@@ -2,7 +2,7 @@
 //! at most 10,000 builders per period, the rest counted under one overflow builder, nothing
 //! lost.
 
-mod common;
+use stardust_test_support::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Self-test of the fake Stardust server, through real HTTP over loopback.
 
-mod support;
+use stardust_test_support as support;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -1,7 +1,7 @@
 //! End to end: traced functions on several threads (errors, slow calls, panics, async), one
 //! forced period cut, and the exact `TraceModel` that comes out.
 
-mod common;
+use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::future::Future;

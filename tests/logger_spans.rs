@@ -1,7 +1,7 @@
 //! A logger that itself opens spans (a log shipper over traced HTTP, say) must not deadlock the
 //! runtime when the runtime logs, and the runtime's own threads record no spans.
 
-mod common;
+use stardust_test_support::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

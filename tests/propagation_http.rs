@@ -1,7 +1,7 @@
 //! Context propagation through real HTTP on loopback, threads, and the header formats of
 //! .NET (NewLife) peers.
 
-mod common;
+use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

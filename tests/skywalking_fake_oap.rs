@@ -3,7 +3,7 @@
 //! that checks nothing.
 #![cfg(feature = "skywalking")]
 
-mod support;
+use stardust_test_support as support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

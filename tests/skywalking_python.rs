@@ -9,8 +9,8 @@
 //! `venv` or the package index these tests fail with a message saying which; they never skip.
 #![cfg(feature = "skywalking")]
 
-mod common;
-mod support;
+use stardust_test_support as support;
+use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

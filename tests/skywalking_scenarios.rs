@@ -4,8 +4,8 @@
 //! bounded shutdown.
 #![cfg(feature = "skywalking")]
 
-mod common;
-mod support;
+use stardust_test_support as support;
+use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

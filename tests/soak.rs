@@ -6,8 +6,8 @@
 //! Ignored by default (it runs for a while); CI runs it with a bounded duration:
 //! `SOAK_SECS=30 cargo test --release --test soak -- --ignored --nocapture`
 
-mod common;
-mod support;
+use stardust_test_support as support;
+use stardust_test_support::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

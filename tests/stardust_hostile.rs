@@ -3,12 +3,9 @@
 //! is clamped or rejected with one log line, memory stays bounded, nothing panics, and tracing
 //! goes on with every count delivered.
 
-mod common;
+use stardust_test_support::common;
 
-mod support {
-    #![allow(dead_code, unused_imports)]
-    pub mod fake_stardust;
-}
+use stardust_test_support as support;
 
 use std::sync::{Mutex, Once};
 use std::time::Duration;

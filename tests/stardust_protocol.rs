@@ -1,16 +1,12 @@
-//! End to end against the strict fake Stardust server (tests/support/fake_stardust.rs): login
+//! End to end against the strict fake Stardust server (the fake server of `stardust-test-support`): login
 //! and token handling, reply parsing, clock sync, reports (plain and gzip), the retry queue,
 //! excludes, shutdown. Every test counts what the server recorded, exactly.
 //!
 //! Periods are cut with `flush()` (the first automatic cut is 60 s away), except in the
 //! concurrent test at the end, which runs on 1-s periods.
 
-mod common;
-/// Only the fake Stardust server of tests/support (not the other fakes there).
-mod support {
-    #![allow(dead_code, unused_imports)]
-    pub mod fake_stardust;
-}
+use stardust_test_support as support;
+use stardust_test_support::common;
 
 use std::collections::BTreeMap;
 use std::io::Read;

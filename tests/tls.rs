@@ -2,7 +2,7 @@
 //! CA is configured, refused with a clear error otherwise, never a fall-back to plain HTTP.
 //! Also: neither the secret nor the token ever appears in the diagnostics log.
 
-mod common;
+use stardust_test_support::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -18,7 +18,6 @@
 //! get 200 with `{}`.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;

@@ -1,8 +1,6 @@
 //! Shared helpers for the end-to-end tests: a reporter that hands every period's model to the
 //! test, and a lock that keeps runtime-initialising tests of one binary from overlapping.
 
-#![allow(dead_code)]
-
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
