@@ -425,7 +425,7 @@ impl Scenario {
 fn settle(peer: &str) {
     match peer {
         "ours" => {
-            stardust_runtime::flush();
+            let _ = stardust_runtime::flush();
         }
         "fastrace" => fastrace::flush(),
         _ => {}

@@ -26,7 +26,7 @@ fn main() {
         "panic" => panic!("exit_paths: panicking with the guard alive"),
         "exit" => std::process::exit(0),
         "flush-exit" => {
-            stardust_runtime::flush();
+            stardust_runtime::flush().expect("flushed");
             std::process::exit(0)
         }
         _ => drop(guard),

@@ -10,8 +10,9 @@
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use stardust_runtime::http::{TracingMiddleware, incoming};
+use stardust_runtime::incoming::incoming;
 use stardust_runtime::trace;
+use stardust_runtime::ureq_tracing::TracingMiddleware;
 
 fn headers_of(req: &tiny_http::Request) -> Vec<(String, String)> {
     req.headers()

@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use stardust_runtime::http::incoming;
-use stardust_runtime::{Config, correlation, exit_span, trace};
+use stardust_runtime::incoming::incoming;
+use stardust_runtime::skywalking::correlation;
+use stardust_runtime::{Config, exit_span, trace};
 
 /// Prints the runtime's diagnostics (and the JSON it posts) to stderr.
 struct StderrLog;
@@ -64,7 +65,7 @@ fn main() {
     let total = price(4);
 
     // Work handed to another thread: its spans form a segment of their own, referring back.
-    stardust_runtime::spawn(|| {
+    stardust_runtime::spawn_thread(|| {
         let _audit = stardust_runtime::span("orders/audit");
         println!(
             "audit thread sees tenant = {:?}",

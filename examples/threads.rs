@@ -1,6 +1,6 @@
 //! One trace across threads: a request's span captured on one thread and continued on others
 //! with each of the runtime's four ways — `capture` + `attach`, `capture` + `child`,
-//! `stardust_runtime::spawn` and `stardust_runtime::wrap` (for a hand-rolled worker pool). Every
+//! `stardust_runtime::spawn_thread` and `stardust_runtime::wrap` (for a hand-rolled worker pool). Every
 //! thread prints the trace id it sees; with no `StarServer` set, the console reporter prints the
 //! per-operation table to stderr when the guard is dropped, and its "sample trace" column shows
 //! the same trace id on every row but `job/unrelated` (a thread started with no context).
@@ -70,10 +70,10 @@ fn main() {
             .unwrap();
         seen.push(h.join().unwrap());
 
-        // 3. `stardust_runtime::spawn`: std::thread::spawn that carries the current span.
-        let h = stardust_runtime::spawn(|| {
+        // 3. `stardust_runtime::spawn_thread`: std::thread::spawn that carries the current span.
+        let h = stardust_runtime::spawn_thread(|| {
             let _ = resize(2);
-            report("stardust_runtime::spawn")
+            report("stardust_runtime::spawn_thread")
         });
         seen.push(h.join().unwrap());
 

@@ -185,7 +185,7 @@ fn one_period_on_several_threads_is_counted_exactly() {
     for h in handles {
         h.join().unwrap();
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let models = common::drain(&rx);
     assert_eq!(models.len(), 1, "one forced cut, one model");
     let model = &models[0];
@@ -295,7 +295,7 @@ fn parents_and_trace_ids_link_in_sync_and_async_code() {
         drop(f);
     }
 
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let by = merged(&common::drain(&rx));
 
     let o = &by["e2e/outer"].samples.as_ref().unwrap()[0];
@@ -341,11 +341,11 @@ fn second_init_is_an_error_and_reinit_after_drop_works() {
     assert!(err.to_string().contains("already"));
     drop(g);
     assert!(
-        !stardust_runtime::flush(),
+        stardust_runtime::flush().is_err(),
         "nothing runs after the guard is dropped"
     );
     let g = stardust_runtime::init_with(Config::new().console(false)).unwrap();
-    assert!(g.flush());
+    assert!(g.flush().is_ok());
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn before_init_traced_calls_record_nothing() {
     // Spans made before init are not delivered to a runtime started later.
     let (capture, rx) = common::capture();
     let g = stardust_runtime::init_with(Config::new().reporter(capture)).unwrap();
-    assert!(g.flush());
+    assert!(g.flush().is_ok());
     assert!(common::drain(&rx).is_empty());
 
     // A span opened under that runtime and closed after it stopped belongs to nobody: the
@@ -369,7 +369,7 @@ fn before_init_traced_calls_record_nothing() {
     drop(stale);
     let (g, rx) = common::start(Config::new());
     drop(stardust_runtime::span("fresh/new-runtime"));
-    assert!(g.flush());
+    assert!(g.flush().is_ok());
     let names: Vec<String> = common::drain(&rx)
         .iter()
         .flat_map(|m| m.builders.iter().map(|b| b.name.clone()))
@@ -403,9 +403,12 @@ fn a_panicking_reporter_is_contained_and_the_runtime_goes_on() {
     )
     .unwrap();
     drop(stardust_runtime::span("first"));
-    assert!(guard.flush(), "the flush completes despite the panic");
+    assert!(
+        guard.flush().is_ok(),
+        "the flush completes despite the panic"
+    );
     drop(stardust_runtime::span("second"));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let flaky: Vec<_> = common::drain(&rx);
     assert_eq!(flaky.len(), 1, "the panicking reporter stays installed");
     assert_eq!(flaky[0].builders[0].name, "second");
@@ -427,7 +430,7 @@ fn arguments_are_never_captured_unless_a_tag_asks() {
     let (guard, rx) = common::start(Config::new().max_samples(10).max_tag_length(8));
     login("alice", "hunter2-pw");
     tagged("bob-the-builder", "hunter2-pw");
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let models = common::drain(&rx);
     let json = serde_json::to_string(&models).unwrap();
     assert!(!json.contains("hunter2"), "{json}");

@@ -17,7 +17,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// skywalking.md's example body, with current timestamps.
+/// the example body of stardust-runtime/docs/skywalking.md §5.5, with current timestamps.
 fn good() -> Value {
     let t = now_ms() - 1000;
     json!({"traceId":"4bf92f3577b34da6a3ce929d0e0e4736","traceSegmentId":"0b3e4c2f9a1d4e7f8a6b5c4d3e2f1a0b",

@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use stardust_runtime::{Config, SpanContext, correlation, entry_span, exit_span, init_with};
+use stardust_runtime::skywalking::correlation;
+use stardust_runtime::{Config, SpanContext, entry_span, exit_span, init_with};
 use support::fake_oap::FakeOap;
 
 /// The package the cross-check pins.

@@ -190,7 +190,7 @@ fn soak_under_faults_counts_exactly_with_bounded_memory_and_latency() {
         hang.merge(&h);
         all.merge(&a);
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let expected: BTreeMap<String, (u64, u64)> =
         made.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let arrived = fake.wait_for(|r| r.totals_by_name() == expected, Duration::from_secs(30));

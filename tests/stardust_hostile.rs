@@ -95,7 +95,7 @@ fn absurd_settings_are_clamped_with_one_log_line() {
             ..Default::default()
         });
         drop(stardust_runtime::span("hostile/warmup"));
-        assert!(guard.flush());
+        assert!(guard.flush().is_ok());
     }
     fake.set_trace_response(TraceResponseCfg {
         period: 1_000_000_000,
@@ -107,7 +107,7 @@ fn absurd_settings_are_clamped_with_one_log_line() {
         ..Default::default()
     });
     drop(stardust_runtime::span("hostile/warmup"));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
 
     // The clamped values are in force for the next period.
     const N: usize = 12_000;
@@ -119,7 +119,7 @@ fn absurd_settings_are_clamped_with_one_log_line() {
     }
     drop(stardust_runtime::span("/excluded/5"));
     drop(stardust_runtime::span("/excluded/99999"));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let builders = last_report(&fake);
     let many = named(&builders, "hostile/many").expect("reported");
     assert_eq!(many["Total"], N as i64);
@@ -190,7 +190,7 @@ fn huge_nested_and_mistyped_replies_are_rejected_and_the_data_kept() {
         );
         drop(stardust_runtime::span("hostile/op"));
         made += 1;
-        assert!(guard.flush(), "{what}: flush completes");
+        assert!(guard.flush().is_ok(), "{what}: flush completes");
     }
     // The mistyped reply is a success envelope, so the client rightly counts that report as
     // delivered, but the fake stored nothing for it (a Raw fault skips processing).
@@ -198,7 +198,7 @@ fn huge_nested_and_mistyped_replies_are_rejected_and_the_data_kept() {
     // One more period against a healthy server: the queued ones are replayed.
     drop(stardust_runtime::span("hostile/op"));
     made += 1;
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let arrived = fake.wait_for(
         |r| {
             r.totals_by_name()

@@ -321,11 +321,11 @@ fn replies_are_understood(pascal: bool, code_200: bool) {
     for _ in 0..10 {
         ok_op();
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     for _ in 0..10 {
         ok_op();
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(&fake, &expect(&[("proto/ok", 20, 0)]), WAIT);
 
     let reps = fake.reports();
@@ -390,7 +390,7 @@ fn token_refresh_through_ping() {
     std::thread::sleep(Duration::from_millis(6000).saturating_sub(login_at.elapsed()));
     assert!(fake.verify_token(&token0).is_none(), "login token expired");
     calls(2, 1);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
@@ -431,7 +431,7 @@ fn code_401_logs_in_again_and_retries_the_same_call() {
     // The server forgot its tokens (restart with a new TokenSecret): the JWT gets a real 401.
     calls(5, 2);
     fake.invalidate_tokens();
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 5, 0), ("proto/fail", 2, 2)]),
@@ -443,7 +443,7 @@ fn code_401_logs_in_again_and_retries_the_same_call() {
         On::Report,
         Fault::code(401, "非法访问[ProtoApp] 令牌已过期"),
     );
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 6, 0), ("proto/fail", 3, 3)]),
@@ -509,7 +509,7 @@ fn ping_401_and_403_log_in_again() {
 
     // Reports then use the newest token.
     calls(1, 0);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
     let rep = report_requests(&fake);
     assert_eq!(rep.len(), 1);
@@ -530,7 +530,7 @@ fn auto_registered_secret_is_adopted() {
     // Force a second login (401 on the report): it uses the issued secret, salted.
     calls(1, 0);
     fake.invalidate_tokens();
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
     let logins = fake.logins();
     assert_eq!(logins.len(), 2);
@@ -586,7 +586,7 @@ fn fails_over_to_the_next_server() {
     let guard = start(config(&fake).server(&servers));
     wait_logins(&fake, 1);
     calls(2, 1);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
@@ -615,10 +615,10 @@ fn server_down_at_start_then_up_delivers_everything() {
     fake.refuse_connections();
     let guard = start(config(&fake));
     calls(3, 1);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let first_queued = Instant::now();
     calls(2, 0);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     assert!(fake.requests().is_empty());
 
     // While logged out with reports queued, the uploader must wait, not spin (the retry
@@ -635,7 +635,7 @@ fn server_down_at_start_then_up_delivers_everything() {
 
     fake.accept_connections();
     calls(1, 0);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 6, 0), ("proto/fail", 1, 1)]),
@@ -669,14 +669,14 @@ fn failed_report_is_replayed(fault: Fault) {
     wait_logins(&fake, 1);
     calls(3, 2);
     fake.push_fault(On::Report, fault.clone());
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let reqs = report_requests(&fake);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].fault.as_ref(), Some(&fault));
     assert!(fake.reports().is_empty(), "nothing stored yet");
 
     calls(4, 1);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let want = expect(&[("proto/ok", 7, 0), ("proto/fail", 3, 3)]);
     wait_totals(&fake, &want, WAIT);
     let reqs = report_requests(&fake);
@@ -737,9 +737,9 @@ fn business_error_drops_the_report() {
     wait_logins(&fake, 1);
     calls(3, 1);
     fake.push_fault(On::Report, Fault::code(500, "应用[ProtoApp]已禁用！"));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     calls(1, 0);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     let want = expect(&[("proto/ok", 1, 0)]);
     wait_totals(&fake, &want, WAIT);
     drop(guard);
@@ -757,7 +757,7 @@ fn queued_report_is_retried_by_the_timer() {
     wait_logins(&fake, 1);
     calls(2, 1);
     fake.push_fault(On::Report, Fault::status(500));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     // No further report: the queue is replayed ~5 s later by itself.
     let want = expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]);
     wait_totals(&fake, &want, Duration::from_secs(8));
@@ -801,7 +801,7 @@ fn large_report_goes_gzip_to_report_raw() {
         }
         made.insert(name, (n as u64, errs as u64));
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(&fake, &made, WAIT);
     let req = &report_requests(&fake)[0];
     assert_eq!(req.endpoint, Endpoint::ReportRaw);
@@ -828,7 +828,7 @@ fn large_report_goes_gzip_to_report_raw() {
 
     // A small one stays plain JSON on /Trace/Report.
     calls(1, 0);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     made.insert("proto/ok".into(), (1, 0));
     wait_totals(&fake, &made, WAIT);
     let req = &report_requests(&fake)[1];
@@ -859,7 +859,7 @@ fn excludes_from_the_reply_apply_to_the_next_period() {
         for _ in 0..excl {
             excluded_op();
         }
-        assert!(guard.flush());
+        assert!(guard.flush().is_ok());
     };
     let names = |i: usize| -> Vec<String> {
         let reps = fake.reports();
@@ -907,7 +907,7 @@ fn server_clock_one_day_ahead_is_followed() {
     );
     wait_logins(&fake, 1);
     calls(2, 1);
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
         &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
@@ -1137,7 +1137,7 @@ fn concurrent_calls_survive_three_failing_periods() {
     for w in workers {
         w.join().unwrap();
     }
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
 
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let want: BTreeMap<String, (u64, u64)> = [

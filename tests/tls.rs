@@ -184,7 +184,7 @@ fn https_with_the_test_ca_configured_is_trusted() {
         "login over TLS"
     );
     drop(stardust_runtime::span("tls/work"));
-    assert!(guard.flush());
+    assert!(guard.flush().is_ok());
     assert!(
         wait(|| seen
             .lock()
@@ -215,7 +215,7 @@ fn https_without_the_ca_is_refused_clearly_and_never_downgraded() {
         "the client tried TLS and rejected the certificate"
     );
     drop(stardust_runtime::span("tls/work"));
-    guard.flush();
+    guard.flush().expect("flushed");
     drop(guard);
     let s = seen.lock().unwrap();
     assert!(s.paths.is_empty(), "no request got through: {:?}", s.paths);

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::uploader::Reporter;
+use crate::report::sink::Reporter;
 
 /// Runtime configuration. `Config::from_env()` reads the Stardust environment variables;
 /// builder methods override them.
@@ -62,7 +62,7 @@ pub struct Config {
     /// built-in web roots when set).
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
     #[cfg(feature = "skywalking")]
-    pub(crate) skywalking: crate::skywalking::SwConfig,
+    pub(crate) skywalking: crate::report::skywalking::SwConfig,
 }
 
 /// Upper bound of the delays and timeouts a `Config` takes (longer values are clamped).
@@ -262,7 +262,7 @@ impl Config {
 
     /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
     /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
-    /// the Stardust server. See [`skywalking`](crate::skywalking).
+    /// the Stardust server. See [`skywalking`](crate::report::skywalking).
     #[cfg(feature = "skywalking")]
     pub fn skywalking(mut self, oap: &str) -> Config {
         self.skywalking.set_backends(oap);
@@ -306,7 +306,7 @@ impl fmt::Debug for Config {
             &self
                 .servers
                 .iter()
-                .map(|s| crate::http::redact_url(s))
+                .map(|s| crate::util::url::redact_url(s))
                 .collect::<Vec<_>>(),
         )
         .field("app_id", &self.app_id)

@@ -1,35 +1,41 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
+// Layers, lowest first; each module imports only from the layers below it (checked in CI by
+// `.ci/layers.py` against `.ci/layers.txt`). Data flows the same way: span guard →
+// thread-local batch → mailbox → aggregator → reporters → HTTP.
+//
+//   util, error, clock, id, flags, model   no dependency on the rest
+//   settings, state                        shared runtime state, behind accessors
+//   propagation                            carriers, W3C, NewLife, the propagator seam
+//   span                                   records, stack, mailbox, guard, future, context
+//   collect                                aggregator (with its tap seam), builders
+//   report                                 uploader, console, Stardust, SkyWalking
+//   integrations                           incoming requests, ureq, the tracing bridge
+//   config, runtime                        the composition root
 
-mod aggregator;
-mod builder;
-mod callsite;
 mod clock;
-mod collector;
+mod collect;
 mod config;
-mod console;
-mod context;
-mod future;
-pub mod http;
+pub mod docs;
+mod error;
+mod flags;
 mod id;
+mod integrations;
 mod model;
 pub mod propagation;
+mod report;
 mod runtime;
-mod segment;
 mod settings;
-#[cfg(feature = "skywalking")]
-pub mod skywalking;
 mod span;
-mod stardust;
-mod sysinfo;
-#[cfg(feature = "tracing")]
-mod tracing_layer;
-mod uploader;
+mod state;
+mod util;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
+/// The fuzz targets' entry points: only for `cargo fuzz` (which sets `cfg(fuzzing)`) and tests.
+#[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 #[path = "fuzzing.rs"]
 pub mod __fuzz;
@@ -37,14 +43,19 @@ pub mod __fuzz;
 pub use stardust_runtime_macros::trace;
 
 pub use config::Config;
-pub use context::{AttachGuard, SpanContext, capture, entry_span, exit_span, spawn, wrap};
+pub use error::{FlushError, InitError};
 pub use id::{SpanId, TraceId};
+#[cfg(feature = "tracing")]
+pub use integrations::tracing_layer::StardustLayer;
+pub use integrations::{incoming, ureq as ureq_tracing};
 pub use model::{SpanBuilderModel, SpanModel, TraceModel};
 pub use propagation::{Extractor, Injector};
-pub use runtime::{Guard, InitError, dropped_spans, flush, init, init_with};
+pub use report::sink::Reporter;
 #[cfg(feature = "skywalking")]
-pub use skywalking::correlation;
-pub use span::{SpanGuard, SpanKind, current_span_id, current_trace_id, span};
-#[cfg(feature = "tracing")]
-pub use tracing_layer::StardustLayer;
-pub use uploader::Reporter;
+pub use report::skywalking;
+pub use runtime::{Guard, dropped_spans, flush, init, init_with};
+pub use span::context::{
+    AttachGuard, SpanContext, capture, current_span_id, entry_span, exit_span, spawn_thread, wrap,
+};
+pub use span::guard::{SpanGuard, current_trace_id, span};
+pub use span::record::SpanKind;

@@ -3,14 +3,14 @@
 use std::fmt::{Debug, Display};
 use std::future::Future;
 
-pub use crate::callsite::Callsite;
-pub use crate::future::Instrumented;
-pub use crate::span::SpanGuard;
+pub use crate::span::callsite::Callsite;
+pub use crate::span::future::Instrumented;
+pub use crate::span::guard::SpanGuard;
 
 /// Opens the span of a sync `#[trace]` function.
 #[inline]
 pub fn enter(callsite: &'static Callsite) -> SpanGuard {
-    crate::span::enter(callsite)
+    crate::span::guard::enter(callsite)
 }
 
 /// Calls `f` once. Taking the closure as `FnOnce` lets a wrapped body return borrows of the
@@ -23,22 +23,22 @@ pub fn call_once<R, F: FnOnce() -> R>(f: F) -> R {
 /// Wraps an `async fn` body in its span.
 #[inline]
 pub fn instrument<F: Future>(callsite: &'static Callsite, fut: F) -> Instrumented<F> {
-    crate::future::instrument(callsite, fut)
+    crate::span::future::instrument(callsite, fut)
 }
 
 /// Sets the current span's tag from `f`, only when the span is sampled.
 #[inline]
 pub fn tag_current<F: FnOnce() -> String>(f: F) {
-    let sampled = crate::span::with_current(|s| s.is_sampled()).unwrap_or(false);
+    let sampled = crate::span::local::with_current(|s| s.is_sampled()).unwrap_or(false);
     if sampled {
         let tag = f();
-        crate::span::with_current(|s| s.extra_mut().tag = Some(tag));
+        crate::span::local::with_current(|s| s.extra_mut().tag = Some(tag));
     }
 }
 
 /// Marks the current span as an error.
 pub fn set_current_error(text: String) {
-    crate::span::with_current(|s| s.extra_mut().error = Some(text));
+    crate::span::local::with_current(|s| s.extra_mut().error = Some(text));
 }
 
 /// An uninhabited error type for return values that are not `Result`s.

@@ -8,56 +8,27 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::aggregator::{Aggregator, Identity, Tap};
 use crate::clock;
-use crate::collector::{self, ENABLED, GENERATION, Msg};
+use crate::collect::aggregator::{Aggregator, Identity, Tap};
 use crate::config::Config;
-use crate::console::ConsoleReporter;
+use crate::error::{FlushError, InitError};
+use crate::propagation::seam;
+use crate::report::console::ConsoleReporter;
+use crate::report::sink::{Sink, UserReporter};
+use crate::report::stardust::{StardustOptions, StardustSink};
+use crate::report::uploader::Uploader;
 use crate::settings::{SETTINGS, Snapshot};
-use crate::span;
-use crate::stardust::{StardustOptions, StardustSink};
-use crate::sysinfo;
-use crate::uploader::{Sink, Uploader, UserReporter};
-
-/// Why `init` failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum InitError {
-    /// The runtime is already running; drop its [`Guard`] first.
-    AlreadyInitialized,
-    /// A configuration value is unusable.
-    InvalidConfig(String),
-    /// A background thread could not be started.
-    Spawn(std::io::Error),
-}
-
-impl fmt::Display for InitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InitError::AlreadyInitialized => {
-                f.write_str("stardust runtime is already initialised (drop its Guard first)")
-            }
-            InitError::InvalidConfig(why) => write!(f, "invalid stardust configuration: {why}"),
-            InitError::Spawn(e) => write!(f, "cannot start a stardust thread: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for InitError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            InitError::Spawn(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+use crate::span::local;
+use crate::span::mailbox::{self, BATCH_CAPACITY, Msg};
+use crate::state;
+use crate::util::host;
 
 struct Running {
     tx: Sender<Msg>,
     threads: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
     #[cfg(feature = "skywalking")]
-    skywalking: Option<crate::skywalking::Handle>,
+    skywalking: Option<crate::report::skywalking::Handle>,
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
@@ -77,7 +48,8 @@ impl fmt::Debug for Guard {
 
 impl Guard {
     /// Cuts the current period now and waits (bounded) until the reporters have handled it.
-    pub fn flush(&self) -> bool {
+    /// See [`flush`](crate::flush).
+    pub fn flush(&self) -> Result<(), FlushError> {
         flush()
     }
 }
@@ -104,7 +76,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         if !(s.starts_with("http://") || s.starts_with("https://")) {
             return Err(InitError::InvalidConfig(format!(
                 "server `{}` is not an http:// or https:// URL",
-                crate::http::redact_url(s)
+                crate::util::url::redact_url(s)
             )));
         }
     }
@@ -121,12 +93,12 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         Ordering::Relaxed,
     );
     SETTINGS.set_excludes(config.excludes.clone());
-    collector::reset_dropped();
+    mailbox::reset_dropped();
 
     let identity = Identity {
-        app_id: config.app_id.clone().unwrap_or_else(sysinfo::process_name),
+        app_id: config.app_id.clone().unwrap_or_else(host::process_name),
         app_name: config.app_name.clone(),
-        client_id: format!("{}@{}", sysinfo::primary_ipv4(), std::process::id()),
+        client_id: format!("{}@{}", host::primary_ipv4(), std::process::id()),
         version: config
             .version
             .clone()
@@ -136,14 +108,20 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     #[cfg_attr(not(feature = "skywalking"), allow(unused_mut))]
     let mut taps: Vec<Box<dyn Tap>> = Vec::new();
+    #[cfg_attr(not(feature = "skywalking"), allow(unused_mut))]
+    let mut propagators: Vec<std::sync::Arc<dyn seam::Propagator>> = Vec::new();
     #[cfg(feature = "skywalking")]
     let skywalking = if config.skywalking.backends.is_empty() {
         None
     } else {
-        let (tap, handle) =
-            crate::skywalking::start(&config.skywalking, &identity.app_id, config.request_timeout)?;
-        taps.push(tap);
-        Some(handle)
+        let started = crate::report::skywalking::start(
+            &config.skywalking,
+            &identity.app_id,
+            config.request_timeout,
+        )?;
+        taps.push(started.tap);
+        propagators.push(started.propagator);
+        Some(started.handle)
     };
     #[cfg(feature = "skywalking")]
     let other_backend = skywalking.is_some();
@@ -156,7 +134,9 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         sinks.push(Box::new(ConsoleReporter::new()));
     }
     let tls_roots = match &config.tls_ca_pem {
-        Some(pem) => Some(crate::stardust::parse_ca_pem(pem).map_err(InitError::InvalidConfig)?),
+        Some(pem) => {
+            Some(crate::report::stardust::parse_ca_pem(pem).map_err(InitError::InvalidConfig)?)
+        }
         None => None,
     };
     if !config.servers.is_empty() {
@@ -184,9 +164,10 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             .map(|r| Box::new(UserReporter(r)) as Box<dyn Sink>),
     );
 
-    collector::MAILBOX_CAPACITY.store(
-        channel_capacity.saturating_mul(collector::BATCH_CAPACITY),
-        Ordering::Relaxed,
+    // Taps that assemble span trees (SkyWalking) want spans' structured attributes.
+    let generation = state::begin(
+        channel_capacity.saturating_mul(BATCH_CAPACITY),
+        !taps.is_empty(),
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
     let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
@@ -200,21 +181,23 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     let up_thread = std::thread::Builder::new()
         .name("stardust-uploader".into())
         .spawn(move || {
-            span::suppress_this_thread();
+            local::suppress_this_thread();
             uploader.run()
         })
         .map_err(InitError::Spawn)?;
     let agg_thread = std::thread::Builder::new()
         .name("stardust-aggregator".into())
         .spawn(move || {
-            span::suppress_this_thread();
+            local::suppress_this_thread();
             aggregator.run()
         })
         .map_err(InitError::Spawn)?;
 
-    let generation = GENERATION.fetch_add(1, Ordering::AcqRel) + 1;
-    collector::install(generation, tx.clone());
-    ENABLED.store(true, Ordering::Release);
+    mailbox::install(generation, tx.clone());
+    for p in propagators {
+        seam::install(p);
+    }
+    state::enable();
     *running = Some(Running {
         tx,
         threads: vec![agg_thread, up_thread],
@@ -227,15 +210,18 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
 
 /// Cuts the current period now: every span finished before this call (on any thread whose
 /// outermost span has closed, and on this thread) is reported. Waits until the reporters have
-/// handled it, at most the shutdown timeout. Returns false when the runtime is not running or
-/// the wait timed out.
-pub fn flush() -> bool {
-    span::flush_thread();
+/// handled it, at most the shutdown timeout (at least 1 s).
+///
+/// # Errors
+/// [`FlushError::NotRunning`] when no runtime runs, [`FlushError::TimedOut`] when the wait
+/// ended before every reporter had handled the cut.
+pub fn flush() -> Result<(), FlushError> {
+    local::flush_thread();
     let (tx, timeout) = {
         let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         match running.as_ref() {
             Some(r) => (r.tx.clone(), r.shutdown_timeout),
-            None => return false,
+            None => return Err(FlushError::NotRunning),
         }
     };
     #[cfg(feature = "skywalking")]
@@ -247,31 +233,34 @@ pub fn flush() -> bool {
     let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     if tx.send_deadline(Msg::Flush(reply_tx), deadline).is_err() {
-        return false;
+        return Err(FlushError::TimedOut);
     }
     let flushed = reply_rx.recv_deadline(deadline).is_ok();
     // The segments cut so far are with the SkyWalking reporter: wait until they are posted.
     #[cfg(feature = "skywalking")]
-    let flushed =
-        flushed && skywalking.is_none_or(|ctl| crate::skywalking::Handle::flush(&ctl, deadline));
-    flushed
+    let flushed = flushed
+        && skywalking.is_none_or(|ctl| crate::report::skywalking::Handle::flush(&ctl, deadline));
+    if flushed {
+        Ok(())
+    } else {
+        Err(FlushError::TimedOut)
+    }
 }
 
 /// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
 /// fell behind).
 /// Drops are also logged once, and reported in the console table and at shutdown.
 pub fn dropped_spans() -> u64 {
-    collector::DROPPED.load(Ordering::Relaxed)
+    mailbox::dropped()
 }
 
 fn shutdown() {
-    span::flush_thread();
+    local::flush_thread();
     let Some(running) = RUNNING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
-    ENABLED.store(false, Ordering::Release);
-    #[cfg(feature = "skywalking")]
-    crate::segment::disable();
+    state::disable();
+    seam::uninstall();
     let deadline = Instant::now() + running.shutdown_timeout;
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
     let replied = running
@@ -282,7 +271,7 @@ fn shutdown() {
         )
         .is_ok()
         && reply_rx.recv_deadline(deadline).is_ok();
-    collector::uninstall();
+    mailbox::uninstall();
     drop(running.tx);
     if replied {
         for t in running.threads {
@@ -300,7 +289,7 @@ fn shutdown() {
     if let Some(sw) = running.skywalking {
         sw.shutdown(deadline);
     }
-    let dropped = collector::DROPPED.load(Ordering::Relaxed);
+    let dropped = mailbox::dropped();
     if dropped > 0 {
         log::warn!("stardust: {dropped} spans were dropped because the aggregator fell behind");
     }

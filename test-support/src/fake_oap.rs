@@ -1,4 +1,4 @@
-//! A strict fake Apache SkyWalking OAP (REST port) for integration tests (skywalking.md §2).
+//! A strict fake Apache SkyWalking OAP (REST port) for integration tests (stardust-runtime/docs/skywalking.md §4–§6).
 //!
 //! ```ignore
 //! mod support;

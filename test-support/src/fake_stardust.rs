@@ -1,4 +1,4 @@
-//! A strict fake Stardust server for integration tests (protocol §B7).
+//! A strict fake Stardust server for integration tests (stardust-runtime/docs/stardust-protocol.md §13).
 //!
 //! ```ignore
 //! mod support;
@@ -49,7 +49,7 @@ pub use model::wildcard_match;
 // Settings
 // ---------------------------------------------------------------------------------------------
 
-/// What `/App/Login` does with a known app and a wrong secret (§2.1 step 4).
+/// What `/App/Login` does with a known app and a wrong secret (stardust-runtime/docs/stardust-protocol.md §3.3 step 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WrongSecret {
     /// Reply `{code:401,message:"密钥错误"}` (default).
@@ -59,7 +59,7 @@ pub enum WrongSecret {
 }
 
 /// The `TraceResponse` returned by `/Trace/Report(Raw)` (camelCase on the wire).
-/// Defaults are those of a newly created AppTracer (§2.4).
+/// Defaults are those of a newly created AppTracer (stardust-runtime/docs/stardust-protocol.md §7.6).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceResponseCfg {
     pub period: i32,
@@ -379,7 +379,7 @@ pub struct ReportRecord {
     pub response: Value,
 }
 
-/// A strictness violation (a rule the real server does not enforce, or a Part A requirement).
+/// A strictness violation (a rule the real server does not enforce, or a requirement of stardust-runtime/docs/stardust-protocol.md §1.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub seq: u64,
@@ -457,7 +457,7 @@ pub(crate) fn random_alnum(n: usize) -> String {
         .collect()
 }
 
-/// Sampling parameters as the client should have them (positive values replace, §3.8).
+/// Sampling parameters as the client should have them (positive values replace, stardust-runtime/docs/stardust-protocol.md §7.6).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Effective {
     pub max_samples: i64,

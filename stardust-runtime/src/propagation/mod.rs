@@ -1,19 +1,22 @@
 //! Cross-process context propagation: reading a remote span context from incoming headers and
-//! writing `traceparent`/`tracestate` into outgoing ones (propagation.md §1–§3).
+//! writing `traceparent`/`tracestate` into outgoing ones ([docs/propagation.md §1–§3](crate::docs::propagation)).
 //!
 //! The public part is the carrier traits, [`Extractor`] and [`Injector`]: implement them for a
 //! request type to let the runtime read and write its headers. Parsing is total: any input gives
 //! a context or `None`, never a panic, and no more than a bounded amount of memory is allocated
 //! beyond the carrier's own list of header lines.
 //!
-//! SkyWalking `sw8` (§4) is parsed in `skywalking::sw8`; with the `skywalking` feature,
-//! `extract_sw8` adds it here as the fifth source through `extract_with`.
+//! Other protocols (SkyWalking `sw8`, feature `skywalking`) plug in through the
+//! propagator seam (`propagation::seam`): a propagator installed at `init` is tried as the
+//! last source.
 
 mod carrier;
 pub(crate) mod newlife;
+pub(crate) mod seam;
 pub(crate) mod w3c;
 
 pub use carrier::{Extractor, Injector};
+pub(crate) use seam::LinkRef;
 
 use crate::id::{ParentId, SpanId, TraceId, TraceRepr};
 
@@ -42,8 +45,8 @@ pub(crate) enum Source {
     EagleEye,
     /// `TraceId`, bare or holding a traceparent.
     TraceId,
-    /// SkyWalking `sw8` (§4), the fallback source given to [`extract_with`] by
-    /// [`extract_sw8`] (feature `skywalking`).
+    /// SkyWalking `sw8` ([docs/propagation.md §4](crate::docs::propagation)), tried last through the installed propagator (feature
+    /// `skywalking`).
     #[cfg_attr(not(feature = "skywalking"), allow(dead_code))]
     Sw8,
 }
@@ -70,13 +73,14 @@ pub(crate) fn trim_ows(s: &str) -> &str {
 }
 
 /// Reads the remote context from `carrier`, trying in order `traceparent`, `Request-Id`,
-/// `Eagleeye-Traceid` and `TraceId` (propagation.md §2). The first valid one wins; an invalid
+/// `Eagleeye-Traceid` and `TraceId` ([docs/propagation.md §2](crate::docs::propagation)). The first valid one wins; an invalid
 /// header is ignored and the next source is tried. `None` when no source is valid.
+#[cfg(test)]
 pub(crate) fn extract(carrier: &(impl Extractor + ?Sized)) -> Option<RemoteContext> {
     extract_with(carrier, |_| None)
 }
 
-/// [`extract`] with one more source tried last. This is the hook for SkyWalking `sw8` (§2 item 5):
+/// [`extract`] with one more source tried last. This is the hook for SkyWalking `sw8` ([docs/propagation.md §2.1](crate::docs::propagation) item 5):
 /// the SkyWalking layer passes a closure that reads `sw8` from the carrier and returns a context
 /// with [`Source::Sw8`] (and keeps its own segment data on the side).
 pub(crate) fn extract_with<E: Extractor + ?Sized>(
@@ -90,23 +94,10 @@ pub(crate) fn extract_with<E: Extractor + ?Sized>(
         .or_else(|| fallback(carrier))
 }
 
-/// [`extract`] with SkyWalking's `sw8` as the fifth source (propagation.md §2), and the parsed
-/// `sw8` itself whichever source won: the segment's `CrossProcess` reference comes from it
-/// even when `traceparent` gives the context. A repeated `sw8` is invalid, as `traceparent`.
-#[cfg(feature = "skywalking")]
-pub(crate) fn extract_sw8<E: Extractor + ?Sized>(
-    carrier: &E,
-) -> (Option<RemoteContext>, Option<crate::skywalking::sw8::Sw8>) {
-    let sw8 =
-        single(carrier, crate::skywalking::sw8::SW8).and_then(crate::skywalking::sw8::Sw8::parse);
-    let remote = extract_with(carrier, |_| sw8.as_ref().map(|h| h.to_remote()));
-    (remote, sw8)
-}
-
 /// The one line of a header, or `None` when it is absent or repeated. Two or more
-/// `traceparent` lines are invalid (§3); the NewLife headers are treated the same way, since
+/// `traceparent` lines are invalid ([docs/propagation.md §3](crate::docs::propagation)); the NewLife headers are treated the same way, since
 /// which line is meant cannot be told.
-fn single<'a>(carrier: &'a (impl Extractor + ?Sized), name: &str) -> Option<&'a str> {
+pub(crate) fn single<'a>(carrier: &'a (impl Extractor + ?Sized), name: &str) -> Option<&'a str> {
     match carrier.get_all(name).as_slice() {
         [one] => Some(*one),
         _ => None,
@@ -176,7 +167,7 @@ pub(crate) fn traceparent(trace: &TraceId, span: SpanId, flags: u8) -> Option<St
 
 /// The W3C trace id sent downstream for a verbatim trace id (one that came from `Request-Id`,
 /// `Eagleeye-Traceid`, `TraceId` or `sw8` and is neither 32 nor 30 hex): a new 32-hex id, as
-/// propagation.md §4 asks, derived from the text (FNV-1a, 128 bits) so that every outgoing call
+/// [docs/propagation.md §4](crate::docs::propagation) asks, derived from the text (FNV-1a, 128 bits) so that every outgoing call
 /// of the same trace carries the same id and the downstream spans stay together. It is not
 /// random, so bit 1 of the flags is not sent with it.
 pub(crate) fn w3c_trace_id_for(verbatim: &str) -> TraceId {

@@ -1,4 +1,4 @@
-//! The other headers NewLife .NET's `Detach` reads (stardust.md B5.3, propagation.md §2):
+//! The other headers NewLife .NET's `Detach` reads ([docs/propagation.md §2.3](crate::docs::propagation), [docs/propagation.md §2](crate::docs::propagation)):
 //! `Request-Id`, `Eagleeye-Traceid` and `TraceId`.
 //!
 //! These carry no flags and no `tracestate`. Each function takes one header value; the caller
@@ -59,7 +59,7 @@ pub(crate) fn eagleeye(value: &str) -> Option<(TraceId, ParentId)> {
 
 /// What a `TraceId` header held.
 pub(crate) enum TraceIdHeader {
-    /// A full traceparent, with the W3C rules of §3 (including the 30-hex NewLife form).
+    /// A full traceparent, with the W3C rules of [docs/propagation.md §3](crate::docs::propagation) (including the 30-hex NewLife form).
     TraceParent(TraceParent),
     /// A bare trace id: no parent, no flags.
     Bare(TraceId),

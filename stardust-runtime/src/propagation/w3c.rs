@@ -1,4 +1,4 @@
-//! W3C Trace Context: `traceparent` and `tracestate` (propagation.md §3).
+//! W3C Trace Context: `traceparent` and `tracestate` ([docs/propagation.md §3](crate::docs::propagation)).
 
 use crate::id::{SpanId, TraceId, TraceRepr};
 
@@ -34,7 +34,7 @@ pub(crate) struct TraceParent {
 
 /// Parses one `traceparent` value (one header line).
 ///
-/// Rules (propagation.md §3): `version-traceid-parentid-flags` of 2/32/16/2 lowercase hex;
+/// Rules ([docs/propagation.md §3](crate::docs::propagation)): `version-traceid-parentid-flags` of 2/32/16/2 lowercase hex;
 /// version `ff` is invalid; version `00` must end after the flags; a higher version must be at
 /// least 55 characters and the flags must be followed by the end or `-` (the extra fields are
 /// ignored, the context is re-emitted as version `00`); all-zero trace or parent ids are invalid;
@@ -127,7 +127,7 @@ pub(crate) fn parse_tracestate(lines: &[&str]) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-/// `key=value` with the grammar of propagation.md §3:
+/// `key=value` with the grammar of [docs/propagation.md §3](crate::docs::propagation):
 /// key = `[a-z0-9]` then up to 255 of `[a-z0-9_\-*/@]`;
 /// value = 1–256 characters in 0x20–0x7E except `,` and `=`, the last one not a space.
 fn is_valid_member(member: &str) -> bool {

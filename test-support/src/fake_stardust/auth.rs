@@ -1,11 +1,11 @@
-//! Token (JWT-shaped, HMAC-MD5 signed) and secret verification (§B4).
+//! Token (JWT-shaped, HMAC-MD5 signed) and secret verification (stardust-runtime/docs/stardust-protocol.md §3).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
-/// Uppercase hex MD5 of the UTF-8 bytes (`MD5u` in §4.2).
+/// Uppercase hex MD5 of the UTF-8 bytes (`MD5u` in stardust-runtime/docs/stardust-protocol.md §3.2).
 pub fn md5_upper(s: &str) -> String {
     let d = Md5::digest(s.as_bytes());
     d.iter().map(|b| format!("{b:02X}")).collect()
@@ -110,7 +110,7 @@ pub(crate) fn verify_token(
     Ok(claims)
 }
 
-/// Which form of `Secret` a login used (§4.2).
+/// Which form of `Secret` a login used (stardust-runtime/docs/stardust-protocol.md §3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretForm {
     /// No (or an empty) `Secret` in the request.

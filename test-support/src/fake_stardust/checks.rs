@@ -1,4 +1,4 @@
-//! Strictness checks (§B7 optional list + Part A requirements). They never change the reply;
+//! Strictness checks (stardust-runtime/docs/stardust-protocol.md §13.2 strictness list + §1.2 requirements). They never change the reply;
 //! they only add `Violation`s.
 
 use std::collections::HashSet;

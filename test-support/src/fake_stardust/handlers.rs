@@ -358,7 +358,7 @@ fn route(sh: &Shared, inc: &Incoming) -> Reply {
     }
 }
 
-/// Token lookup order of ApiFilterAttribute.GetToken (§1.2).
+/// Token lookup order of ApiFilterAttribute.GetToken (stardust-runtime/docs/stardust-protocol.md §3.5).
 pub(crate) fn find_token(inc: &Incoming) -> Option<String> {
     if let Some(t) = inc.query_param("Token").filter(|t| !t.is_empty()) {
         return Some(t);

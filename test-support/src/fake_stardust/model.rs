@@ -1,4 +1,4 @@
-//! Binding a `TraceModel` JSON like the server does (§1.4), normalized to PascalCase.
+//! Binding a `TraceModel` JSON like the server does (stardust-runtime/docs/stardust-protocol.md §6.2–§6.3), normalized to PascalCase.
 
 use serde_json::{Map, Value, json};
 
@@ -210,7 +210,7 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
-/// Server-side per-builder filter (§6.2): returns the drop reason, if any.
+/// Server-side per-builder filter (stardust-runtime/docs/stardust-protocol.md §7.8): returns the drop reason, if any.
 pub(crate) fn builder_drop_reason(b: &Value, now_ms: i64, excludes: &[String]) -> Option<String> {
     let name = b["Name"].as_str().unwrap_or("");
     if name.is_empty() {

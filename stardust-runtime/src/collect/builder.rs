@@ -1,0 +1,354 @@
+//! One operation's spans in one period, aggregated by the rules of the .NET
+//! `DefaultSpanBuilder` ([docs/sampling.md §1–§7](crate::docs::sampling)). Pure logic; the aggregator thread
+//! owns the builders.
+
+use crate::model::{SpanBuilderModel, SpanModel};
+use crate::settings::Snapshot;
+use crate::span::record::SpanRecord;
+
+/// Spans longer than this (ms) are discarded entirely.
+pub(crate) const MAX_COST_MS: i64 = 3_600_000;
+/// Longest operation name the server stores.
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+
+#[derive(Debug)]
+pub(crate) struct Builder {
+    pub name: String,
+    pub start_time: i64,
+    pub total: i32,
+    pub errors: i32,
+    pub cost: i64,
+    pub max_cost: i32,
+    pub min_cost: i32,
+    pub value: i64,
+    pub samples: Vec<SpanModel>,
+    pub error_samples: Vec<SpanModel>,
+}
+
+impl Builder {
+    pub(crate) fn new(name: String, start_time: i64) -> Builder {
+        Builder {
+            name,
+            start_time,
+            total: 0,
+            errors: 0,
+            cost: 0,
+            max_cost: 0,
+            min_cost: -1,
+            value: 0,
+            samples: Vec::new(),
+            error_samples: Vec::new(),
+        }
+    }
+
+    /// Counts one finished span ([docs/sampling.md §3](crate::docs::sampling)); times are local Unix ms (see `into_model`). Returns false
+    /// when the span was discarded (longer than 1 h).
+    pub(crate) fn add_timed(
+        &mut self,
+        record: &SpanRecord,
+        start_ms: i64,
+        end_ms: i64,
+        settings: &Snapshot,
+    ) -> bool {
+        let cost = (end_ms - start_ms).max(0);
+        if cost > MAX_COST_MS {
+            return false;
+        }
+        let cost = cost as i32;
+        if start_ms < self.start_time {
+            self.start_time = start_ms;
+        }
+        self.cost += cost as i64;
+        self.total = self.total.saturating_add(1);
+        let total = self.total;
+        self.value = self.value.wrapping_add(record.span.value);
+        if cost > self.max_cost {
+            self.max_cost = cost;
+        }
+        if self.min_cost < 0 || cost < self.min_cost {
+            self.min_cost = cost;
+        }
+        let force = record.span.is_sampled();
+        if record.span.error().is_some() {
+            self.errors = self.errors.saturating_add(1);
+            let e = self.errors;
+            if e <= settings.max_errors || (force && e as i64 <= 10 * settings.max_errors as i64) {
+                self.error_samples
+                    .push(sample(record, start_ms, end_ms, settings));
+            }
+        } else {
+            let slow = settings.timeout_ms > 0 && cost > settings.timeout_ms;
+            if total <= settings.max_samples
+                || ((slow || force) && total as i64 <= 10 * settings.max_samples as i64)
+            {
+                self.samples
+                    .push(sample(record, start_ms, end_ms, settings));
+            }
+        }
+        true
+    }
+
+    /// The wire form. Times were kept in local ms; `offset` (server minus local clock) is
+    /// added to each, and `end_time` is already server time.
+    pub(crate) fn into_model(mut self, end_time: i64, offset: i64) -> SpanBuilderModel {
+        for s in self.samples.iter_mut().chain(self.error_samples.iter_mut()) {
+            s.start_time = s.start_time.saturating_add(offset);
+            s.end_time = s.end_time.saturating_add(offset);
+        }
+        SpanBuilderModel {
+            name: self.name,
+            start_time: self.start_time.saturating_add(offset),
+            end_time,
+            total: self.total,
+            errors: self.errors,
+            cost: self.cost,
+            max_cost: self.max_cost,
+            min_cost: self.min_cost,
+            value: self.value,
+            samples: (!self.samples.is_empty()).then_some(self.samples),
+            error_samples: (!self.error_samples.is_empty()).then_some(self.error_samples),
+        }
+    }
+}
+
+fn sample(record: &SpanRecord, start_ms: i64, end_ms: i64, settings: &Snapshot) -> SpanModel {
+    let span = &record.span;
+    let extra = span.extra.as_deref();
+    let parent_id = if span.parent != 0 {
+        Some(format!("{:016x}", span.parent))
+    } else {
+        extra.and_then(|e| e.remote_parent.as_deref().map(str::to_owned))
+    };
+    let tag = if settings.max_tag_length > 0 {
+        extra
+            .and_then(|e| e.tag.as_deref())
+            .map(|t| cut_chars(t, settings.max_tag_length as usize).to_owned())
+    } else {
+        None
+    };
+    SpanModel {
+        id: format!("{:016x}", span.span_id),
+        parent_id,
+        trace_id: span.trace.to_string(),
+        start_time: start_ms,
+        end_time: end_ms,
+        value: span.value,
+        tag,
+        trace_flag: span.flags & 1,
+        error: extra.and_then(|e| e.error.clone()),
+    }
+}
+
+/// The first `max` characters of `s`.
+pub(crate) fn cut_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// The name a builder is kept under: cut at the first `?`, `#` or `&` past position 0, then
+/// to 200 characters. `None` for names that are never recorded (empty).
+pub(crate) fn normalize_name(name: &str) -> Option<&str> {
+    let cut = match name.find(['?', '#', '&']) {
+        Some(i) if i > 0 => &name[..i],
+        _ => name,
+    };
+    let cut = cut_chars(cut, MAX_NAME_CHARS);
+    (!cut.is_empty()).then_some(cut)
+}
+
+/// Whole-name wildcard match ignoring case: `*` any run, `?` one character.
+#[cfg(test)]
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
+    Excludes::new(&[pattern.to_owned()]).matches(text)
+}
+
+/// Lowercased characters of a name or pattern.
+fn folded(s: &str) -> Vec<char> {
+    s.chars().flat_map(char::to_lowercase).collect()
+}
+
+fn wildcard(p: &[char], t: &[char]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The exclude patterns of one cut, folded to lower case once.
+pub(crate) struct Excludes(Vec<Vec<char>>);
+
+impl Excludes {
+    pub(crate) fn new(patterns: &[String]) -> Excludes {
+        Excludes(patterns.iter().map(|p| folded(p)).collect())
+    }
+
+    /// True for builders the report drops: excluded by pattern, or the client's own uploads.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with("/trace/report") || lower.ends_with("/trace/reportraw") {
+            return true;
+        }
+        if self.0.is_empty() {
+            return false;
+        }
+        let text = folded(name);
+        self.0.iter().any(|p| wildcard(p, &text))
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn is_excluded(name: &str, excludes: &[String]) -> bool {
+    Excludes::new(excludes).matches(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::TraceId;
+    use crate::span::record::{Extra, Name, OpenSpan, SpanKind};
+
+    fn rec(error: bool, flag: u8) -> SpanRecord {
+        SpanRecord {
+            span: OpenSpan {
+                name: Name::Static("op"),
+                trace: TraceId::random(),
+                span_id: 7,
+                parent: 0,
+                local_root: 7,
+                start: 0,
+                value: 2,
+                flags: flag,
+                kind: SpanKind::Local,
+                extra: error.then(|| {
+                    Box::new(Extra {
+                        error: Some("boom".into()),
+                        tag: Some("t".repeat(20)),
+                        ..Default::default()
+                    })
+                }),
+            },
+            end: 0,
+        }
+    }
+
+    #[test]
+    fn counts_costs_and_the_min_cost_sentinel() {
+        let s = Snapshot::for_tests(1, 10, 5000);
+        let mut b = Builder::new("op".into(), 1000);
+        assert_eq!(b.min_cost, -1);
+        assert!(b.add_timed(&rec(false, 0), 1000, 1000, &s));
+        assert_eq!(b.min_cost, 0, "a 0 ms span sets MinCost to 0");
+        assert!(b.add_timed(&rec(false, 0), 1000, 1030, &s));
+        assert!(
+            b.add_timed(&rec(false, 0), 1000, 990, &s),
+            "negative cost counts as 0"
+        );
+        assert_eq!(
+            (b.total, b.cost, b.max_cost, b.min_cost, b.value),
+            (3, 30, 30, 0, 6)
+        );
+        assert!(
+            !b.add_timed(&rec(false, 0), 0, MAX_COST_MS + 1, &s),
+            "over 1 h is discarded"
+        );
+        assert_eq!(b.total, 3);
+    }
+
+    #[test]
+    fn sampling_caps() {
+        let s = Snapshot::for_tests(2, 3, 100);
+        let mut b = Builder::new("op".into(), 0);
+        for _ in 0..5 {
+            b.add_timed(&rec(false, 0), 0, 1, &s);
+        }
+        assert_eq!(b.samples.len(), 2, "first MaxSamples normal spans");
+        for _ in 0..30 {
+            b.add_timed(&rec(false, 0), 0, 500, &s);
+        }
+        // slow spans sampled while total <= 10 * MaxSamples = 20
+        assert_eq!(b.samples.len(), 2 + (20 - 5));
+        for _ in 0..5 {
+            b.add_timed(&rec(true, 0), 0, 1, &s);
+        }
+        assert_eq!(b.error_samples.len(), 3, "first MaxErrors error spans");
+        for _ in 0..40 {
+            b.add_timed(&rec(true, 1), 0, 1, &s);
+        }
+        // forced error spans while errors <= 10 * MaxErrors = 30
+        assert_eq!(b.error_samples.len(), 3 + (30 - 5));
+        assert_eq!(b.errors, 45);
+        let m = b.into_model(99, 1000);
+        assert_eq!(m.start_time, 1000);
+        assert_eq!(m.error_samples.as_ref().unwrap()[0].start_time, 1000);
+        assert_eq!(m.end_time, 99);
+        assert_eq!(m.error_samples.unwrap()[0].error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn forced_normal_spans_sampled_up_to_ten_times() {
+        let s = Snapshot::for_tests(1, 10, 0);
+        let mut b = Builder::new("op".into(), 0);
+        for _ in 0..15 {
+            b.add_timed(&rec(false, 1), 0, 1, &s);
+        }
+        assert_eq!(b.samples.len(), 10);
+        assert!(b.samples.iter().all(|x| x.trace_flag == 1));
+    }
+
+    #[test]
+    fn tags_cut_and_disabled() {
+        let mut s = Snapshot::for_tests(1, 10, 0);
+        s.max_tag_length = 5;
+        let mut b = Builder::new("op".into(), 0);
+        b.add_timed(&rec(true, 0), 0, 1, &s);
+        assert_eq!(b.error_samples[0].tag.as_deref(), Some("ttttt"));
+        s.max_tag_length = 0;
+        b.add_timed(&rec(true, 0), 0, 1, &s);
+        assert_eq!(b.error_samples[1].tag, None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(normalize_name("/api/x?id=1"), Some("/api/x"));
+        assert_eq!(normalize_name("/a#frag"), Some("/a"));
+        assert_eq!(normalize_name("/a&b"), Some("/a"));
+        assert_eq!(normalize_name("?only"), Some("?only"));
+        assert_eq!(normalize_name(""), None);
+        let long = "é".repeat(300);
+        assert_eq!(normalize_name(&long).unwrap().chars().count(), 200);
+    }
+
+    #[test]
+    fn wildcards_match_whole_names_ignoring_case() {
+        assert!(wildcard_match("/health*", "/Health/check"));
+        assert!(wildcard_match("/health", "/HEALTH"));
+        assert!(!wildcard_match("/health", "/health/x"));
+        assert!(wildcard_match("*", "anything"));
+        assert!(wildcard_match("a?c", "abc"));
+        assert!(!wildcard_match("a?c", "ac"));
+        assert!(wildcard_match("*b*d", "abcbd"));
+        assert!(!wildcard_match("*b*d", "abcbe"));
+        assert!(is_excluded("http://h:6600/Trace/ReportRaw", &[]));
+        assert!(is_excluded("/x", &["/X".into()]));
+        assert!(!is_excluded("/x/y", &["/x".into()]));
+    }
+}

@@ -1,0 +1,228 @@
+//! The embedded default reporter: prints each period's per-operation table to stderr.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use crate::model::TraceModel;
+use crate::report::sink::Sink;
+use crate::span::mailbox;
+
+pub(crate) struct ConsoleReporter {
+    color: bool,
+    printed_dropped: u64,
+    periods: u64,
+}
+
+impl ConsoleReporter {
+    pub(crate) fn new() -> ConsoleReporter {
+        ConsoleReporter {
+            color: std::io::stderr().is_terminal(),
+            printed_dropped: 0,
+            periods: 0,
+        }
+    }
+}
+
+/// Milliseconds with a unit, at a precision that suits the size.
+fn ms(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else if v >= 100.0 || v == v.trunc() {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+/// `1 span`, `2 spans`.
+fn count(n: i64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Renders a model as an aligned table (no colour codes when `color` is false).
+pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
+    let mut out = String::new();
+    let spans: i64 = model.builders.iter().map(|b| b.total as i64).sum();
+    let errors: i64 = model.builders.iter().map(|b| b.errors as i64).sum();
+    let window = model
+        .builders
+        .iter()
+        .map(|b| (b.end_time - b.start_time).max(0))
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "stardust: {} — {}, {}, {} over {}",
+        model.app_id,
+        count(model.builders.len() as i64, "operation"),
+        count(spans, "span"),
+        count(errors, "error"),
+        ms(window as f64)
+    );
+    let headers = [
+        "operation",
+        "total",
+        "errors",
+        "avg",
+        "min",
+        "max",
+        "sample trace",
+    ];
+    let rows: Vec<[String; 7]> = model
+        .builders
+        .iter()
+        .map(|b| {
+            let avg = if b.total > 0 {
+                b.cost as f64 / b.total as f64
+            } else {
+                0.0
+            };
+            let sample = b
+                .error_samples
+                .iter()
+                .chain(b.samples.iter())
+                .flatten()
+                .next()
+                .map(|s| s.trace_id.clone())
+                .unwrap_or_else(|| "-".to_owned());
+            [
+                b.name.clone(),
+                b.total.to_string(),
+                b.errors.to_string(),
+                ms(avg),
+                ms(b.min_cost.max(0) as f64),
+                ms(b.max_cost as f64),
+                sample,
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 7], highlight: bool| {
+        let mut l = String::from("  ");
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 || i == 6 {
+                l.push_str(c);
+                l.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                l.extend(std::iter::repeat_n(' ', pad));
+                if i == 2 && highlight {
+                    let _ = write!(l, "\x1b[31;1m{c}\x1b[0m");
+                } else {
+                    l.push_str(c);
+                }
+            }
+            if i < 6 {
+                l.push_str("  ");
+            }
+        }
+        l.trim_end().to_owned()
+    };
+    out.push_str(&line(headers, false));
+    out.push('\n');
+    for r in &rows {
+        let highlight = color && r[2] != "0";
+        out.push_str(&line(
+            [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]],
+            highlight,
+        ));
+        out.push('\n');
+    }
+    if dropped > 0 {
+        let _ = writeln!(out, "  dropped spans (aggregator behind): {dropped}");
+    }
+    out
+}
+
+impl Sink for ConsoleReporter {
+    fn report(&mut self, model: &TraceModel) {
+        self.periods += 1;
+        let dropped = mailbox::dropped();
+        let text = render(
+            model,
+            dropped - self.printed_dropped.min(dropped),
+            self.color,
+        );
+        self.printed_dropped = dropped;
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.report(m);
+        }
+        let dropped = mailbox::dropped();
+        let mut err = std::io::stderr().lock();
+        if self.periods == 0 {
+            let _ = writeln!(err, "stardust: no spans were recorded");
+        }
+        if dropped > 0 {
+            let _ = writeln!(
+                err,
+                "stardust: {dropped} spans dropped in total (aggregator behind)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SpanBuilderModel, SpanModel};
+
+    #[test]
+    fn table_is_aligned_and_plain_without_terminal() {
+        let model = TraceModel {
+            app_id: "app".into(),
+            builders: vec![
+                SpanBuilderModel {
+                    name: "a::long_operation_name".into(),
+                    total: 12,
+                    errors: 2,
+                    cost: 30,
+                    max_cost: 9,
+                    min_cost: 0,
+                    error_samples: Some(vec![SpanModel {
+                        trace_id: "abc".into(),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                SpanBuilderModel {
+                    name: "b".into(),
+                    total: 1,
+                    cost: 12000,
+                    max_cost: 12000,
+                    min_cost: 12000,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let t = render(&model, 3, false);
+        assert!(!t.contains('\x1b'));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("2 operations, 13 spans, 2 errors"));
+        assert!(lines[1].starts_with("  operation"));
+        assert!(lines[2].contains("a::long_operation_name") && lines[2].contains("2.5 ms"));
+        assert!(lines[2].ends_with("abc"));
+        assert!(lines[3].contains("12.0 s"));
+        // columns line up: "total" header ends where the totals end
+        let col = lines[1].find("total").unwrap() + "total".len();
+        assert_eq!(&lines[2][col - 2..col], "12");
+        assert_eq!(&lines[3][col - 1..col], "1");
+        assert!(lines[4].contains("dropped spans (aggregator behind): 3"));
+        let colored = render(&model, 0, true);
+        assert!(colored.contains("\x1b[31;1m2\x1b[0m"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Reporters: the uploader thread and what it drives (the console table, the Stardust client,
+//! users' [`Reporter`]s), and the SkyWalking backend (feature `skywalking`).
+
+pub(crate) mod console;
+pub(crate) mod sink;
+#[cfg(feature = "skywalking")]
+pub mod skywalking;
+pub(crate) mod stardust;
+pub(crate) mod uploader;

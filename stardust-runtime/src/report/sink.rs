@@ -1,0 +1,50 @@
+//! What the uploader thread drives: the public [`Reporter`] trait and the internal `Sink`.
+
+use std::time::Instant;
+
+use crate::model::TraceModel;
+
+/// Receives every period's report. Implement it to send reports somewhere of your own; add it
+/// with [`Config::reporter`](crate::Config::reporter). Called on the runtime's uploader thread.
+pub trait Reporter: Send + 'static {
+    /// One period's aggregated spans.
+    fn report(&mut self, model: &TraceModel);
+
+    /// Called once after the last report, at shutdown.
+    fn shutdown(&mut self) {}
+}
+
+/// What the uploader thread drives. Internal reporters also get periodic work and deadlines.
+pub(crate) trait Sink: Send {
+    fn report(&mut self, model: &TraceModel);
+    /// Periodic work (pings, retries); returns when it wants to run next.
+    fn tick(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
+    /// A forced cut: report `model` (if any) and finish pending work before `deadline`.
+    fn flush(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.report(m);
+        }
+    }
+    /// The last cut: report it, deliver what is pending and stop, before `deadline`.
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.report(m);
+        }
+    }
+}
+
+pub(crate) struct UserReporter(pub Box<dyn Reporter>);
+
+impl Sink for UserReporter {
+    fn report(&mut self, model: &TraceModel) {
+        self.0.report(model);
+    }
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+        if let Some(m) = model {
+            self.0.report(m);
+        }
+        self.0.shutdown();
+    }
+}

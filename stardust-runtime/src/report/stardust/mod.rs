@@ -1,0 +1,574 @@
+//! The Stardust reporter: login, token, ping with process metrics, clock sync, reports
+//! (gzip above 1 KiB), the retry queue, logout. Runs on the uploader thread with blocking
+//! `ureq`; nothing here is traced ([docs/stardust-protocol.md §1.2](crate::docs::stardust_protocol)).
+
+mod api;
+mod procinfo;
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use serde_json::{Map, Value, json};
+
+use crate::clock;
+use crate::model::TraceModel;
+use crate::report::sink::Sink;
+use crate::settings::SETTINGS;
+
+use api::{Api, Body, CallError, get_ci, get_i64, get_str};
+
+/// Most reports kept for retry (two days of one-minute periods, as the .NET client).
+pub(crate) const MAX_QUEUE: usize = 2880;
+/// JSON longer than this goes gzip-compressed to `/Trace/ReportRaw`.
+const RAW_THRESHOLD: usize = 1024;
+/// Most exclude patterns taken from a reply.
+const MAX_EXCLUDES: usize = 1000;
+
+pub(crate) struct StardustOptions {
+    pub servers: Vec<String>,
+    pub app_id: String,
+    pub app_name: Option<String>,
+    pub secret: Option<String>,
+    pub version: String,
+    pub client_id: String,
+    pub request_timeout: Duration,
+    /// Trusted CA certificates for `https://` servers; `None`: the built-in web roots.
+    pub tls_roots: Option<Vec<ureq::tls::Certificate<'static>>>,
+}
+
+pub(crate) struct StardustSink {
+    api: Api,
+    app_id: String,
+    app_name: Option<String>,
+    secret: Option<String>,
+    version: String,
+    client_id: String,
+    ips: String,
+    request_timeout: Duration,
+    logged_in: bool,
+    next_login: Instant,
+    login_failures: u32,
+    next_ping: Option<Instant>,
+    ping_period: Duration,
+    queue: VecDeque<TraceModel>,
+    next_drain: Option<Instant>,
+    queue_dropped: u64,
+    clamp_logged: bool,
+    proc: procinfo::ProcSampler,
+}
+
+impl StardustSink {
+    pub(crate) fn new(o: StardustOptions) -> StardustSink {
+        let ips = crate::util::host::local_ipv4s()
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        StardustSink {
+            api: Api::new(
+                o.servers,
+                concat!("stardust-rs/", env!("CARGO_PKG_VERSION")),
+                o.tls_roots,
+            ),
+            app_id: o.app_id,
+            app_name: o.app_name,
+            secret: o.secret,
+            version: o.version,
+            client_id: o.client_id,
+            ips,
+            request_timeout: o.request_timeout,
+            logged_in: false,
+            next_login: Instant::now(),
+            login_failures: 0,
+            next_ping: None,
+            ping_period: Duration::from_secs(60),
+            queue: VecDeque::new(),
+            next_drain: None,
+            queue_dropped: 0,
+            clamp_logged: false,
+            proc: procinfo::ProcSampler::new(),
+        }
+    }
+
+    fn local_ms() -> i64 {
+        clock::local_unix_ms(clock::now())
+    }
+
+    /// `$md5$<unixSec>$<MD5u(MD5u(secret) + unixSec)>` ([docs/stardust-protocol.md §3.2](crate::docs::stardust_protocol)), salted with the
+    /// server-corrected time.
+    fn salted_secret(secret: &str) -> String {
+        let salt = (clock::unix_ms_now() / 1000).to_string();
+        let inner = md5_upper(secret.as_bytes());
+        let outer = md5_upper(format!("{inner}{salt}").as_bytes());
+        format!("$md5${salt}${outer}")
+    }
+
+    /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`.
+    /// An offset beyond this (±10 years) is a broken server clock, not a skew: ignored.
+    const MAX_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
+
+    fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) {
+        if let Some(server) = get_i64(data, "serverTime").filter(|t| *t > 0) {
+            let now = Self::local_ms();
+            let delay = now.saturating_sub(sent_local_ms).max(0);
+            let offset = server.saturating_add(delay / 2).saturating_sub(now);
+            if offset.abs() <= Self::MAX_OFFSET_MS {
+                clock::set_server_offset_ms(offset);
+            } else {
+                log::warn!("stardust: ignoring an implausible server time ({server})");
+            }
+        }
+    }
+
+    fn login(&mut self, deadline: Option<Instant>) -> Result<(), CallError> {
+        self.api.token = None;
+        let sent = Self::local_ms();
+        let mut body = json!({
+            "AppId": self.app_id,
+            "Code": self.app_id,
+            "ClientId": self.client_id,
+            "AppName": self.app_name,
+            "Version": self.version,
+            "Time": clock::unix_ms_now(),
+            "IP": self.ips,
+        });
+        if let Some(secret) = &self.secret {
+            body["Secret"] = Value::String(Self::salted_secret(secret));
+        }
+        let bytes = serde_json::to_vec(&body).expect("JSON of plain values");
+        let data = self.api.call(
+            true,
+            "/App/Login",
+            Body::Json(&bytes),
+            self.request_timeout,
+            deadline,
+        )?;
+        let empty = Map::new();
+        let data = data.as_object().unwrap_or(&empty);
+        Self::sync_clock(data, sent);
+        self.api.token = get_str(data, "token");
+        if let (Some(code), Some(secret)) = (get_str(data, "code"), get_str(data, "secret")) {
+            log::info!(
+                "stardust: the server registered this application as `{code}` and issued a new secret; using them for this process"
+            );
+            self.app_id = code;
+            self.secret = Some(secret);
+        }
+        self.logged_in = true;
+        self.login_failures = 0;
+        self.next_ping = Some(Instant::now() + Duration::from_secs(3));
+        log::info!(
+            "stardust: logged in to {} as `{}`",
+            crate::util::url::redact_url(self.api.server()),
+            self.app_id
+        );
+        Ok(())
+    }
+
+    fn try_login(&mut self, deadline: Option<Instant>) -> bool {
+        match self.login(deadline) {
+            Ok(()) => true,
+            Err(e) => {
+                self.logged_in = false;
+                self.login_failures += 1;
+                let wait = (5 * self.login_failures as u64).min(30);
+                self.next_login = Instant::now() + Duration::from_secs(wait);
+                log::warn!(
+                    "stardust: login to {} failed: {e}; retrying in {wait} s",
+                    crate::util::url::redact_url(self.api.server())
+                );
+                false
+            }
+        }
+    }
+
+    /// A call that needs the token: on code 401, log in again once and retry once.
+    fn authed(
+        &mut self,
+        post: bool,
+        path: &str,
+        body: &[u8],
+        gzip: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Value, CallError> {
+        let body_of = |b| {
+            if gzip {
+                Body::Gzip(b)
+            } else if post {
+                Body::Json(b)
+            } else {
+                Body::None
+            }
+        };
+        match self
+            .api
+            .call(post, path, body_of(body), self.request_timeout, deadline)
+        {
+            Err(CallError::Business { code: 401, message }) => {
+                log::info!("stardust: {path} answered 401 ({message}); logging in again");
+                self.logged_in = false;
+                // A failed re-login is not the report's fault: keep the data (Transport).
+                if let Err(e) = self.login(deadline) {
+                    self.login_failures += 1;
+                    let wait = (5 * self.login_failures as u64).min(30);
+                    self.next_login = Instant::now() + Duration::from_secs(wait);
+                    return Err(CallError::Transport(format!("login again failed: {e}")));
+                }
+                self.api
+                    .call(post, path, body_of(body), self.request_timeout, deadline)
+            }
+            other => other,
+        }
+    }
+
+    fn ping(&mut self) {
+        let sent = Self::local_ms();
+        let info = self
+            .proc
+            .sample(&self.version, &self.ips, clock::unix_ms_now());
+        let body = serde_json::to_vec(&info).expect("JSON of plain values");
+        match self.authed(true, "/App/Ping", &body, false, None) {
+            Ok(data) => {
+                let empty = Map::new();
+                let data = data.as_object().unwrap_or(&empty);
+                Self::sync_clock(data, sent);
+                if let Some(p) = get_i64(data, "period").filter(|p| *p > 0) {
+                    self.ping_period = Duration::from_secs(p.clamp(1, 3600) as u64);
+                }
+                if let Some(token) = get_str(data, "token") {
+                    self.api.token = Some(token);
+                }
+            }
+            Err(CallError::Business {
+                code: code @ (401 | 403),
+                message,
+            }) => {
+                log::warn!("stardust: ping answered {code} ({message}); logging in again");
+                self.logged_in = false;
+                self.next_login = Instant::now();
+            }
+            Err(e) => log::warn!("stardust: ping failed: {e}"),
+        }
+    }
+
+    /// Sends one report. `Ok` carries the reply data.
+    fn upload(
+        &mut self,
+        model: &TraceModel,
+        deadline: Option<Instant>,
+    ) -> Result<Value, CallError> {
+        // After an auto-registration under another code, report under the adopted one.
+        let renamed;
+        let model = if model.app_id == self.app_id {
+            model
+        } else {
+            renamed = TraceModel {
+                app_id: self.app_id.clone(),
+                ..model.clone()
+            };
+            &renamed
+        };
+        let json = serde_json::to_vec(model).expect("TraceModel serialises");
+        if json.len() > RAW_THRESHOLD {
+            let gz = api::gzip(&json);
+            self.authed(true, "/Trace/ReportRaw", &gz, true, deadline)
+        } else {
+            self.authed(true, "/Trace/Report", &json, false, deadline)
+        }
+    }
+
+    /// Reports `model`, or keeps it for later when the server cannot take it now.
+    fn deliver(&mut self, model: &TraceModel, deadline: Option<Instant>) -> bool {
+        if !self.logged_in && !self.try_login(deadline) {
+            self.enqueue(model);
+            return false;
+        }
+        match self.upload(model, deadline) {
+            Ok(reply) => {
+                self.apply(&reply);
+                true
+            }
+            Err(CallError::Transport(m)) => {
+                log::warn!(
+                    "stardust: report failed ({m}); kept for retry ({} queued)",
+                    self.queue.len() + 1
+                );
+                self.enqueue(model);
+                false
+            }
+            Err(CallError::Business { code: 401, message }) => {
+                log::warn!(
+                    "stardust: report refused after logging in again (401 {message}); kept for retry"
+                );
+                self.enqueue(model);
+                false
+            }
+            Err(CallError::Business { code, message }) => {
+                log::error!(
+                    "stardust: server refused a report ({code}: {message}); {} operations dropped",
+                    model.builders.len()
+                );
+                true
+            }
+        }
+    }
+
+    fn enqueue(&mut self, model: &TraceModel) {
+        if self.queue.len() >= MAX_QUEUE {
+            self.queue.pop_front();
+            self.queue_dropped += 1;
+            if self.queue_dropped == 1 {
+                log::error!(
+                    "stardust: retry queue full ({MAX_QUEUE} reports); dropping the oldest"
+                );
+            }
+        }
+        self.queue.push_back(model.without_samples());
+        if self.next_drain.is_none() {
+            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+        }
+    }
+
+    /// Replays queued reports, oldest first, until one fails on the network.
+    fn drain(&mut self, deadline: Option<Instant>) {
+        // Never hold the uploader for long: the rest waits for the next tick.
+        let budget = Instant::now() + Duration::from_secs(30);
+        let deadline = Some(deadline.map_or(budget, |d| d.min(budget)));
+        while let Some(model) = self.queue.pop_front() {
+            match self.upload(&model, deadline) {
+                Ok(reply) => self.apply(&reply),
+                Err(CallError::Business { code, message }) if code != 401 => {
+                    log::error!(
+                        "stardust: server refused a queued report ({code}: {message}); dropped"
+                    );
+                }
+                Err(e) => {
+                    log::debug!("stardust: retry stopped: {e}");
+                    self.queue.push_front(model);
+                    self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+                    return;
+                }
+            }
+        }
+        self.next_drain = None;
+    }
+
+    /// Applies a `TraceResponse` (see [`apply_trace_response`]); clamping is logged once.
+    fn apply(&mut self, reply: &Value) {
+        let clamped = apply_trace_response(reply);
+        if !clamped.is_empty() && !self.clamp_logged {
+            self.clamp_logged = true;
+            log::warn!(
+                "stardust: server sent out-of-range settings ({}); clamped",
+                clamped.join(", ")
+            );
+        }
+    }
+
+    fn logout(&mut self, deadline: Instant) {
+        if !self.logged_in || self.api.token.is_none() {
+            return;
+        }
+        let bound = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
+        match self.api.call(
+            false,
+            "/App/Logout?reason=Dispose",
+            Body::None,
+            Duration::from_secs(1),
+            bound,
+        ) {
+            Ok(_) => log::debug!("stardust: logged out"),
+            Err(e) => log::debug!("stardust: logout failed: {e}"),
+        }
+        self.logged_in = false;
+    }
+}
+
+/// Applies a `TraceResponse` by the .NET rules: positive values replace, `excludes` always
+/// replaces (absent or null clears it). Absurd values are clamped (period 1..=3600 s, samples
+/// and errors ≤ 1000, timeout ≤ 1 h, tags ≤ 64 Ki characters, ≤ 1000 exclude patterns of ≤ 256
+/// bytes); returns what was clamped. Wrong types are ignored.
+pub(crate) fn apply_trace_response(reply: &Value) -> Vec<String> {
+    let mut clamped = Vec::new();
+    let Value::Object(data) = reply else {
+        return clamped;
+    };
+    let mut set = |key: &str, max: i64, target: &std::sync::atomic::AtomicI32| {
+        if let Some(v) = get_i64(data, key).filter(|v| *v > 0) {
+            if v > max {
+                clamped.push(format!("{key}={v}"));
+            }
+            target.store(v.min(max) as i32, Ordering::Relaxed);
+        }
+    };
+    set("maxSamples", 1000, &SETTINGS.max_samples);
+    set("maxErrors", 1000, &SETTINGS.max_errors);
+    set("timeout", 3_600_000, &SETTINGS.timeout_ms);
+    set("maxTagLength", 64 * 1024, &SETTINGS.max_tag_length);
+    if let Some(p) = get_i64(data, "period").filter(|v| *v > 0) {
+        if p > 3600 {
+            clamped.push(format!("period={p}"));
+        }
+        SETTINGS
+            .period_secs
+            .store(p.clamp(1, 3600) as u32, Ordering::Relaxed);
+    }
+    let excludes = match get_ci(data, "excludes") {
+        Some(Value::Array(items)) => {
+            if items.len() > MAX_EXCLUDES {
+                clamped.push(format!("excludes: {} patterns", items.len()));
+            }
+            items
+                .iter()
+                .filter_map(|v| v.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 256)
+                .take(MAX_EXCLUDES)
+                .map(str::to_owned)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    SETTINGS.set_excludes(excludes);
+    clamped
+}
+
+/// Fuzz entry: a reply body read as the client reads every reply — the envelope, then the
+/// fields of a `TraceResponse`, a login and a ping reply. The shared settings are put back
+/// afterwards.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz_reply(data: &[u8]) {
+    let Ok(value) = api::parse_envelope(data) else {
+        return;
+    };
+    let saved = SETTINGS.snapshot();
+    let saved_period = SETTINGS.period_secs.load(Ordering::Relaxed);
+    let saved_excludes = SETTINGS.excludes();
+    apply_trace_response(&value);
+    let after = SETTINGS.snapshot();
+    assert!((1..=1000).contains(&after.max_samples) || after.max_samples == saved.max_samples);
+    assert!(after.max_tag_length <= 64 * 1024 || after.max_tag_length == saved.max_tag_length);
+    assert!((1..=3600).contains(&SETTINGS.period_secs.load(Ordering::Relaxed)));
+    assert!(SETTINGS.excludes().len() <= MAX_EXCLUDES);
+    let saved_offset = clock::server_offset_ms();
+    if let Value::Object(o) = &value {
+        let _ = (
+            get_str(o, "token"),
+            get_str(o, "code"),
+            get_str(o, "secret"),
+        );
+        StardustSink::sync_clock(o, StardustSink::local_ms());
+        assert!(clock::server_offset_ms().abs() <= StardustSink::MAX_OFFSET_MS);
+    }
+    clock::set_server_offset_ms(saved_offset);
+    SETTINGS.restore(saved);
+    SETTINGS.period_secs.store(saved_period, Ordering::Relaxed);
+    SETTINGS.set_excludes(saved_excludes);
+}
+
+/// The certificates of a PEM (other items ignored); an error when there is none or the PEM
+/// does not parse.
+pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the TLS CA PEM does not parse: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("the TLS CA PEM holds no certificate".to_owned());
+    }
+    Ok(certs)
+}
+
+fn md5_upper(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+impl Sink for StardustSink {
+    fn report(&mut self, model: &TraceModel) {
+        if self.deliver(model, None) && !self.queue.is_empty() {
+            self.drain(None);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if !self.logged_in && now >= self.next_login {
+            self.try_login(None);
+        }
+        if self.logged_in {
+            if let Some(at) = self.next_ping {
+                if now >= at {
+                    // No token (an auto-registered app the server keeps disabled): a ping could
+                    // only be refused and trigger a login loop.
+                    if self.api.token.is_some() {
+                        self.ping();
+                    }
+                    self.next_ping = Some(Instant::now() + self.ping_period);
+                }
+            }
+        }
+        if self.logged_in && !self.queue.is_empty() && self.next_drain.is_some_and(|d| now >= d) {
+            self.drain(None);
+        }
+        if self.queue.is_empty() {
+            self.next_drain = None;
+        }
+        let mut next = Vec::with_capacity(3);
+        if !self.logged_in {
+            // The queue is only replayed once logged in: wake for the next login, not for a
+            // retry time that may have passed (that would spin the uploader thread).
+            next.push(self.next_login);
+        } else {
+            next.extend(self.next_ping);
+            next.extend(self.next_drain);
+        }
+        next.into_iter().min()
+    }
+
+    fn flush(&mut self, model: Option<&TraceModel>, deadline: Instant) {
+        if let Some(m) = model {
+            if self.deliver(m, Some(deadline)) && !self.queue.is_empty() {
+                self.drain(Some(deadline));
+            }
+        } else if self.logged_in && !self.queue.is_empty() {
+            self.drain(Some(deadline));
+        }
+    }
+
+    fn shutdown(&mut self, model: Option<&TraceModel>, deadline: Instant) {
+        self.flush(model, deadline);
+        if !self.queue.is_empty() {
+            log::warn!(
+                "stardust: {} reports could not be delivered before shutdown",
+                self.queue.len()
+            );
+        }
+        self.logout(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salted_secret_matches_the_dotnet_form() {
+        assert_eq!(md5_upper(b"abc"), "900150983CD24FB0D6963F7D28E17F72");
+        let s = StardustSink::salted_secret("pass");
+        let parts: Vec<&str> = s.split('$').collect();
+        assert_eq!(parts[1], "md5");
+        let salt = parts[2];
+        assert_eq!(
+            parts[3],
+            md5_upper(format!("{}{salt}", md5_upper(b"pass")).as_bytes())
+        );
+        assert!(!s.contains("pass"));
+    }
+}

@@ -1,0 +1,462 @@
+//! The thread's span state: the stack of open spans and the batch of finished ones.
+//!
+//! An open span lives in the thread's [`Stack`] while it is current; a span guard is only a
+//! handle (the span's id), so the hot path moves one small record and allocates nothing.
+//! Finished spans go into the thread-local batch, handed over to the thread's mailbox when the
+//! thread's outermost span closes (see [`mailbox`](super::mailbox)).
+
+use std::cell::{Cell, RefCell};
+
+use crate::clock;
+use crate::flags::{FLAG_SAMPLED, FLAGS_PROPAGATED};
+use crate::id::TraceId;
+use crate::span::callsite::{self, Callsite};
+use crate::span::mailbox::{BATCH_CAPACITY, LocalSender};
+use crate::span::record::{
+    Extra, FLAG_ABANDONED, FLAG_LOCAL_ROOT, FLAG_PARENT_LOCAL_ROOT, Name, OpenSpan, SpanContext,
+    SpanKind, SpanRecord,
+};
+
+/// Where a new span takes its trace from.
+pub(crate) enum Origin<'a> {
+    /// The thread's current span, or a new trace when there is none.
+    Current,
+    /// A new trace, whatever is current.
+    #[cfg(feature = "tracing")]
+    NewTrace,
+    /// A context captured elsewhere or extracted from headers.
+    Remote(&'a SpanContext),
+}
+
+pub(crate) struct Local {
+    pub(crate) stack: Stack,
+    batch: Vec<SpanRecord>,
+    batch_generation: u64,
+    batch_started: u64,
+    sender: LocalSender,
+    /// The runtime's own threads record nothing.
+    suppressed: bool,
+    /// This thread's id generator (kept here: one thread-local access per span, not two).
+    rng: Cell<u64>,
+}
+
+impl Local {
+    const fn new() -> Local {
+        Local {
+            stack: Stack { spans: Vec::new() },
+            batch: Vec::new(),
+            batch_generation: 0,
+            batch_started: 0,
+            sender: LocalSender::new(),
+            suppressed: false,
+            rng: Cell::new(0),
+        }
+    }
+
+    fn push_record(&mut self, record: SpanRecord) {
+        if self.batch.is_empty() {
+            self.batch_generation = crate::state::generation_relaxed();
+            self.batch_started = record.end;
+            if self.batch.capacity() == 0 {
+                self.batch.reserve(BATCH_CAPACITY);
+            }
+        }
+        let end = record.end;
+        self.batch.push(record);
+        if self.stack.top().is_none_or(OpenSpan::is_context_frame)
+            || self.batch.len() >= BATCH_CAPACITY
+            || end.saturating_sub(self.batch_started) > clock::batch_age_limit()
+        {
+            self.flush();
+        }
+    }
+
+    pub(crate) fn flush(&mut self) {
+        let generation = self.batch_generation;
+        self.sender.send(&mut self.batch, generation);
+    }
+
+    /// True on the runtime's own threads, which record nothing.
+    pub(crate) fn is_suppressed(&self) -> bool {
+        self.suppressed
+    }
+
+    /// Builds a span that starts now as a child of `origin` (see [`new_span`]).
+    #[inline]
+    pub(crate) fn new_span(
+        &self,
+        name: Name,
+        origin: Origin<'_>,
+        callsite: Option<&Callsite>,
+        kind: SpanKind,
+    ) -> OpenSpan {
+        new_span(&self.stack, &self.rng, name, origin, callsite, kind)
+    }
+
+    #[cfg(feature = "tracing")]
+    /// Builds a local span that is a child of the open span (or frame) `id` wherever it is on
+    /// this thread's stack; gives the name back when `id` is not here.
+    pub(crate) fn child_of_open(&mut self, id: u64, name: Name) -> Result<OpenSpan, Name> {
+        if self.stack.find(id).is_none() {
+            return Err(name);
+        }
+        let rng = &self.rng;
+        Ok(self
+            .stack
+            .with_on_top(id, |stack| {
+                new_span(stack, rng, name, Origin::Current, None, SpanKind::Local)
+            })
+            .expect("found above"))
+    }
+
+    #[cfg(feature = "tracing")]
+    /// Builds a local span that is a child of the context `frame` (see
+    /// [`OpenSpan::context_frame`]).
+    pub(crate) fn child_of_frame(&mut self, frame: OpenSpan, name: Name) -> OpenSpan {
+        let rng = &self.rng;
+        self.stack.with_frame(frame, |stack| {
+            new_span(stack, rng, name, Origin::Current, None, SpanKind::Local)
+        })
+    }
+
+    /// Takes the open span `id` off the stack and records it (unless abandoned) as ending at
+    /// `end`. Spans above it stay in place (a guard dropped out of order).
+    pub(crate) fn close(&mut self, id: u64, end: u64, panicking: bool) {
+        if let Some(span) = self.stack.remove(id) {
+            self.finish(span, end, panicking);
+        }
+    }
+
+    /// Ends a span taken off the stack: `panicked` when closed during a panic; into the batch
+    /// unless abandoned.
+    pub(crate) fn finish(&mut self, mut span: OpenSpan, end: u64, panicking: bool) {
+        if panicking && span.error().is_none() {
+            span.extra_mut().error = Some("panicked".to_owned());
+        }
+        if span.flags & FLAG_ABANDONED == 0 {
+            self.push_record(SpanRecord { span, end });
+        }
+    }
+
+    /// Takes span `id` and every span above it off the stack (an instrumented future or a
+    /// bridged span yielding): the span, and the spans above it bottom first. When the stack is
+    /// left empty the batch is handed over (the thread may go idle now).
+    pub(crate) fn suspend(&mut self, id: u64) -> Option<(OpenSpan, Vec<OpenSpan>)> {
+        let out = self.stack.suspend(id);
+        if self.stack.is_empty() {
+            self.flush();
+        }
+        out
+    }
+}
+
+/// The thread's open spans, innermost last. Its invariants: span ids are unique on the stack;
+/// a span is removed only by id (closing out of order leaves the others in place); a suspended
+/// span comes back with the spans that were above it, in the same order.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    spans: Vec<OpenSpan>,
+}
+
+impl Stack {
+    /// Makes `span` the thread's current span.
+    #[inline]
+    pub(crate) fn push(&mut self, span: OpenSpan) {
+        self.spans.push(span);
+    }
+
+    /// The current span (or attached-context frame).
+    pub(crate) fn top(&self) -> Option<&OpenSpan> {
+        self.spans.last()
+    }
+
+    /// The current span (or attached-context frame), mutably.
+    pub(crate) fn top_mut(&mut self) -> Option<&mut OpenSpan> {
+        self.spans.last_mut()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Index of the open span `id`, searching from the top.
+    #[inline]
+    fn position(&self, id: u64) -> Option<usize> {
+        self.spans.iter().rposition(|s| s.span_id == id)
+    }
+
+    /// The open span (or frame) `id`.
+    pub(crate) fn find(&self, id: u64) -> Option<&OpenSpan> {
+        self.position(id).map(|i| &self.spans[i])
+    }
+
+    /// The open span (or frame) `id`, mutably.
+    pub(crate) fn find_mut(&mut self, id: u64) -> Option<&mut OpenSpan> {
+        self.position(id).map(|i| &mut self.spans[i])
+    }
+
+    #[cfg(feature = "tracing")]
+    /// The open span `id` itself, never a context frame standing for it.
+    pub(crate) fn find_span_mut(&mut self, id: u64) -> Option<&mut OpenSpan> {
+        self.spans
+            .iter_mut()
+            .rev()
+            .find(|s| s.span_id == id && !s.is_context_frame())
+    }
+
+    /// Takes the open span (or frame) `id` off the stack, wherever it is.
+    #[inline]
+    pub(crate) fn remove(&mut self, id: u64) -> Option<OpenSpan> {
+        let idx = self.position(id)?;
+        Some(if idx + 1 == self.spans.len() {
+            self.spans.pop().expect("index checked")
+        } else {
+            self.spans.remove(idx)
+        })
+    }
+
+    #[cfg(feature = "tracing")]
+    /// Takes the open span `id` itself (never a frame standing for it) off the stack.
+    pub(crate) fn remove_span(&mut self, id: u64) -> Option<OpenSpan> {
+        let idx = self
+            .spans
+            .iter()
+            .rposition(|s| s.span_id == id && !s.is_context_frame())?;
+        Some(self.spans.remove(idx))
+    }
+
+    /// See [`Local::suspend`].
+    fn suspend(&mut self, id: u64) -> Option<(OpenSpan, Vec<OpenSpan>)> {
+        let idx = self.position(id)?;
+        let above: Vec<OpenSpan> = self.spans.drain(idx + 1..).collect();
+        let own = self.spans.pop().expect("index checked");
+        Some((own, above))
+    }
+
+    /// Puts back a suspended span and the spans that were above it.
+    pub(crate) fn resume(&mut self, own: OpenSpan, above: &mut Vec<OpenSpan>) {
+        self.spans.push(own);
+        self.spans.append(above);
+    }
+
+    #[cfg(feature = "tracing")]
+    /// Runs `f` with the open span (or frame) `id` moved to the top for a moment, so that a
+    /// span built in `f` is its child; puts it back where it was. `None` when `id` is not here.
+    pub(crate) fn with_on_top<R>(&mut self, id: u64, f: impl FnOnce(&Stack) -> R) -> Option<R> {
+        let idx = self.position(id)?;
+        let own = self.spans.remove(idx);
+        self.spans.push(own);
+        let out = f(self);
+        let own = self.spans.pop().expect("pushed above");
+        self.spans.insert(idx, own);
+        Some(out)
+    }
+
+    #[cfg(feature = "tracing")]
+    /// Runs `f` with `frame` on top for a moment (see [`Stack::with_on_top`]).
+    pub(crate) fn with_frame<R>(&mut self, frame: OpenSpan, f: impl FnOnce(&Stack) -> R) -> R {
+        self.spans.push(frame);
+        let out = f(self);
+        self.spans.pop();
+        out
+    }
+
+    #[cfg(feature = "skywalking")]
+    /// The open spans of the local root `root` that sit at the top of the stack, innermost
+    /// first (stopping at the root itself or at the first span of another local root).
+    pub(crate) fn local_tree_mut(&mut self, root: u64) -> impl Iterator<Item = &mut OpenSpan> {
+        let mut done = false;
+        self.spans.iter_mut().rev().take_while(move |s| {
+            if done || s.local_root != root {
+                return false;
+            }
+            done = s.span_id == root;
+            true
+        })
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        // Thread exit: whatever finished is sent; spans still open are lost with the thread.
+        self.flush();
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const { RefCell::new(Local::new()) };
+}
+
+/// Runs `f` on this thread's span state; `None` during thread teardown or re-entrancy.
+#[inline]
+pub(crate) fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+    LOCAL
+        .try_with(|l| l.try_borrow_mut().ok().map(|mut l| f(&mut l)))
+        .ok()
+        .flatten()
+}
+
+/// Builds a span that starts now, as a child of `origin`, without making it current. A span
+/// that starts a trace here, or continues one whose flag is not set, takes TraceFlag 1 while it
+/// is among the first `MaxSamples` of its name in this period (`callsite`, else by name).
+#[inline]
+fn new_span(
+    stack: &Stack,
+    rng: &Cell<u64>,
+    name: Name,
+    origin: Origin<'_>,
+    callsite: Option<&Callsite>,
+    kind: SpanKind,
+) -> OpenSpan {
+    let span_id = crate::id::next_u64(rng);
+    let inherited = |s: &OpenSpan| {
+        s.extra
+            .as_ref()
+            .map(|e| (e.tracestate.clone(), e.correlation.clone()))
+            .unwrap_or_default()
+    };
+    let current = match origin {
+        Origin::Current => stack.top(),
+        _ => None,
+    };
+    let (trace, parent, remote_parent, mut flags, (tracestate, correlation), link, local_root) =
+        match origin {
+            Origin::Remote(ctx) => {
+                let (parent, remote_parent) = ctx.parent.split();
+                (
+                    ctx.trace_id.clone(),
+                    parent,
+                    remote_parent,
+                    (ctx.flags & FLAGS_PROPAGATED) | FLAG_LOCAL_ROOT,
+                    (ctx.tracestate.clone(), ctx.correlation.clone()),
+                    ctx.link.clone(),
+                    span_id,
+                )
+            }
+            _ => match current {
+                Some(top) if !top.is_context_frame() => (
+                    top.trace.clone(),
+                    top.span_id,
+                    None,
+                    (top.flags & FLAGS_PROPAGATED)
+                        | if top.flags & FLAG_LOCAL_ROOT != 0 {
+                            FLAG_PARENT_LOCAL_ROOT
+                        } else {
+                            0
+                        },
+                    inherited(top),
+                    None,
+                    top.local_root,
+                ),
+                Some(frame) => (
+                    frame.trace.clone(),
+                    frame.parent,
+                    frame.extra.as_ref().and_then(|e| e.remote_parent.clone()),
+                    (frame.flags & FLAGS_PROPAGATED) | FLAG_LOCAL_ROOT,
+                    inherited(frame),
+                    frame.extra.as_ref().and_then(|e| e.link.clone()),
+                    span_id,
+                ),
+                None => (
+                    TraceId::random_from(rng),
+                    0,
+                    None,
+                    FLAG_LOCAL_ROOT,
+                    (None, None),
+                    None,
+                    span_id,
+                ),
+            },
+        };
+    // Any span that inherited no flag takes one while it is among the first MaxSamples of its
+    // name this period (.NET `DefaultSpanBuilder.Start`, docs/sampling.md §4).
+    if flags & FLAG_SAMPLED == 0 {
+        let cs = callsite.unwrap_or_else(|| match &name {
+            Name::Static(s) => callsite::for_static(s),
+            Name::Owned(s) => callsite::for_name(s),
+        });
+        if cs.take_flag() {
+            flags |= FLAG_SAMPLED;
+        }
+    }
+    let extra = (remote_parent.is_some()
+        || tracestate.is_some()
+        || correlation.is_some()
+        || link.is_some())
+    .then(|| {
+        Box::new(Extra {
+            remote_parent,
+            tracestate,
+            correlation,
+            link,
+            ..Default::default()
+        })
+    });
+    OpenSpan {
+        name,
+        trace,
+        span_id,
+        parent,
+        local_root,
+        start: clock::now(),
+        value: 0,
+        flags,
+        kind,
+        extra,
+    }
+}
+
+/// Opens a span and makes it the thread's current span. Returns its id, or 0 when nothing is
+/// recorded (a runtime thread, thread teardown).
+#[inline]
+pub(crate) fn open(
+    name: Name,
+    origin: Origin<'_>,
+    callsite: Option<&Callsite>,
+    kind: SpanKind,
+) -> u64 {
+    with_local(|local| {
+        if local.suppressed {
+            return 0;
+        }
+        let span = local.new_span(name, origin, callsite, kind);
+        let id = span.span_id;
+        local.stack.push(span);
+        id
+    })
+    .unwrap_or(0)
+}
+
+/// Records no span on this thread from now on: the runtime's own threads call it, so that
+/// their work (and a logger or reporter that opens spans) is never traced.
+pub(crate) fn suppress_this_thread() {
+    with_local(|local| local.suppressed = true);
+}
+
+/// Closes an open span of this thread: records it (unless abandoned) with the current time.
+#[inline]
+pub(crate) fn close(id: u64) {
+    let end = clock::now();
+    let panicking = std::thread::panicking();
+    with_local(|local| local.close(id, end, panicking));
+}
+
+/// Records a span that is not on the stack (an instrumented future's own span).
+pub(crate) fn record(span: OpenSpan, end: u64, panicking: bool) {
+    with_local(|local| local.finish(span, end, panicking));
+}
+
+/// Runs `f` on the open span `id` of this thread.
+pub(crate) fn with_span<R>(id: u64, f: impl FnOnce(&mut OpenSpan) -> R) -> Option<R> {
+    with_local(|local| local.stack.find_mut(id).map(f)).flatten()
+}
+
+/// Runs `f` on the thread's current span.
+pub(crate) fn with_current<R>(f: impl FnOnce(&mut OpenSpan) -> R) -> Option<R> {
+    with_local(|local| local.stack.top_mut().map(f)).flatten()
+}
+
+/// Sends this thread's finished spans to the aggregator now.
+pub(crate) fn flush_thread() {
+    with_local(|local| local.flush());
+}

@@ -1,0 +1,80 @@
+//! The runtime's process-wide switches, in one place. Only the composition root
+//! (`runtime.rs`) starts and stops the runtime; the aggregator advances the period epoch;
+//! everything else only reads, through these accessors.
+//!
+//! Sampling and reporting settings (which the server may change) are in
+//! [`settings`](crate::settings).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Whether spans are recorded at all. The one load a traced call pays before `init()`.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Bumped at every `init`, so records of an old runtime are discarded.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Records one thread's mailbox holds before spans are dropped.
+static MAILBOX_CAPACITY: AtomicUsize = AtomicUsize::new(64 * 1024);
+/// Whether spans keep structured attributes (a reporter that uses them is running).
+static ATTRIBUTES: AtomicBool = AtomicBool::new(false);
+/// Current period number; the aggregator advances it at every cut.
+static EPOCH: AtomicU32 = AtomicU32::new(1);
+
+/// True while the runtime runs.
+#[inline]
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// The running (or last) runtime's generation.
+#[inline]
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The generation a batch started now belongs to (no ordering needed: checked again at
+/// hand-over).
+#[inline]
+pub(crate) fn generation_relaxed() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// Records a thread's mailbox holds.
+#[inline]
+pub(crate) fn mailbox_capacity() -> usize {
+    MAILBOX_CAPACITY.load(Ordering::Relaxed)
+}
+
+/// True while a reporter that uses structured span attributes runs (SkyWalking).
+#[inline]
+pub(crate) fn attributes_wanted() -> bool {
+    ATTRIBUTES.load(Ordering::Relaxed)
+}
+
+/// The current period's number.
+#[inline]
+pub(crate) fn epoch() -> u32 {
+    EPOCH.load(Ordering::Relaxed)
+}
+
+/// A new period starts (called by the aggregator at each cut).
+pub(crate) fn advance_epoch() {
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Starts a new runtime generation with these settings; returns the generation. Spans are
+/// recorded only once [`enable`] is called.
+pub(crate) fn begin(mailbox_capacity: usize, attributes: bool) -> u64 {
+    MAILBOX_CAPACITY.store(mailbox_capacity, Ordering::Relaxed);
+    ATTRIBUTES.store(attributes, Ordering::Relaxed);
+    GENERATION.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// Spans are recorded from now on.
+pub(crate) fn enable() {
+    ENABLED.store(true, Ordering::Release);
+}
+
+/// Spans are no longer recorded (shutdown).
+pub(crate) fn disable() {
+    ENABLED.store(false, Ordering::Release);
+    ATTRIBUTES.store(false, Ordering::Release);
+}

@@ -1,0 +1,5 @@
+//! Small utilities with no dependency on the rest of the runtime.
+
+pub(crate) mod hash;
+pub(crate) mod host;
+pub(crate) mod url;
