@@ -6,11 +6,11 @@
 //!   full thread-local batch) — then `flush()` waits until the aggregator has counted every one
 //!   and the reporter has seen the period. Elements = spans, so criterion's throughput is spans
 //!   per second absorbed end to end (made, batched, sent, aggregated, reported). A counting
-//!   `Reporter` checks that every span made was counted (`channel_capacity(4096)`: deep enough
+//!   `Reporter` checks that every span made was counted (`handoff_capacity(4096 * 256)`: deep enough
 //!   for no drops).
 //! - Summary runs (printed at the end): the same with a long burst, split into the time the
 //!   producers took and the drain tail after they stopped; then overload — the default
-//!   `channel_capacity` (256) and `channel_capacity(1)`, two producers flat out with 16-span
+//!   `handoff_capacity` (65,536) and `handoff_capacity(256)`, two producers flat out with 16-span
 //!   roots — with
 //!   made, counted and dropped, where dropped is both `made − counted` and the exact total the
 //!   runtime logs at shutdown (`log` warning), which must agree: drops are counted, never
@@ -137,7 +137,7 @@ fn start(capacity: usize, counted: &Counting) -> stardust_runtime::Guard {
         Config::new()
             .console(false)
             .reporter(counted.clone())
-            .channel_capacity(capacity),
+            .handoff_capacity(capacity * 256),
     )
     .expect("runtime starts")
 }

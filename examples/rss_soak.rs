@@ -118,7 +118,7 @@ fn main() {
     let server = format!("http://127.0.0.1:{closed_port}");
     let guard = stardust_runtime::init_with(
         Config::new()
-            .server(&server)
+            .server(server.as_str())
             .app_id("rss-soak")
             .request_timeout(Duration::from_millis(200))
             .period(Duration::from_secs(1))

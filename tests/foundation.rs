@@ -119,13 +119,12 @@ fn merged(models: &[TraceModel]) -> HashMap<String, SpanBuilderModel> {
     let mut out: HashMap<String, SpanBuilderModel> = HashMap::new();
     for m in models {
         for b in &m.builders {
-            let e = out
-                .entry(b.name.clone())
-                .or_insert_with(|| SpanBuilderModel {
-                    name: b.name.clone(),
-                    min_cost: -1,
-                    ..Default::default()
-                });
+            let e = out.entry(b.name.clone()).or_insert_with(|| {
+                let mut m = SpanBuilderModel::default();
+                m.name = b.name.clone();
+                m.min_cost = -1;
+                m
+            });
             e.total += b.total;
             e.errors += b.errors;
             e.cost += b.cost;

@@ -107,7 +107,7 @@ fn soak_under_faults_counts_exactly_with_bounded_memory_and_latency() {
     let fake = FakeStardust::start();
     let guard = stardust_runtime::init_with(
         Config::new()
-            .server(&fake.base_url())
+            .server(fake.base_url())
             .app_id("soak")
             .secret("soak-secret-xyz")
             .version("1.0.0")

@@ -52,7 +52,7 @@ fn start(fake: &FakeStardust) -> Guard {
     });
     let guard = stardust_runtime::init_with(
         Config::new()
-            .server(&fake.base_url())
+            .server(fake.base_url())
             .app_id(APP)
             .version("1.0.0")
             .console(false)

@@ -61,7 +61,7 @@ fn install_logger() {
 /// Client config: flush-driven periods, short timeouts, a big span channel (nothing dropped).
 fn config(fake: &FakeStardust) -> Config {
     Config::new()
-        .server(&fake.base_url())
+        .server(fake.base_url())
         .app_id(APP)
         .secret(SECRET)
         .version("1.2.3")
@@ -69,7 +69,7 @@ fn config(fake: &FakeStardust) -> Config {
         .first_report_delay(Duration::from_secs(60))
         .request_timeout(Duration::from_millis(500))
         .shutdown_timeout(Duration::from_secs(3))
-        .channel_capacity(16 * 1024)
+        .handoff_capacity(16 * 1024 * 256)
         .console(false)
 }
 
@@ -582,8 +582,8 @@ fn fails_over_to_the_next_server() {
         .unwrap()
         .port();
     let fake = fake_with_app();
-    let servers = format!("http://127.0.0.1:{dead}/,{}", fake.base_url());
-    let guard = start(config(&fake).server(&servers));
+    let servers = [format!("http://127.0.0.1:{dead}/"), fake.base_url()];
+    let guard = start(config(&fake).servers(servers));
     wait_logins(&fake, 1);
     calls(2, 1);
     assert!(guard.flush().is_ok());
@@ -898,7 +898,7 @@ fn server_clock_one_day_ahead_is_followed() {
         .start();
     let guard = start(
         Config::new()
-            .server(&fake.base_url())
+            .server(fake.base_url())
             .app_id("SkewApp")
             .version("1.2.3")
             .first_report_delay(Duration::from_secs(60))

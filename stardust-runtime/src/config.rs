@@ -3,14 +3,16 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::ConfigError;
 use crate::report::sink::Reporter;
+use crate::util::url::redact_url;
 
 /// Runtime configuration. `Config::from_env()` reads the Stardust environment variables;
 /// builder methods override them.
 ///
 /// | env var (any case) | builder | meaning |
 /// |---|---|---|
-/// | `StarServer` | [`server`](Config::server) | server URL, or several separated by commas (fail-over) |
+/// | `StarServer` | [`server`](Config::server) / [`servers`](Config::servers) | server URL, or several separated by commas (fail-over) |
 /// | `StarAppId` | [`app_id`](Config::app_id) | application id (default: the executable's name) |
 /// | `StarSecret` | [`secret`](Config::secret) | application secret (never sent in plain text) |
 /// | `StarAppName` | [`app_name`](Config::app_name) | display name |
@@ -42,7 +44,10 @@ use crate::report::sink::Reporter;
 /// console (stderr).
 pub struct Config {
     pub(crate) servers: Vec<String>,
+    /// Where `servers` came from, for error messages.
+    pub(crate) servers_from: &'static str,
     pub(crate) app_id: Option<String>,
+    pub(crate) app_id_from: &'static str,
     pub(crate) secret: Option<String>,
     pub(crate) app_name: Option<String>,
     pub(crate) version: Option<String>,
@@ -50,12 +55,13 @@ pub struct Config {
     pub(crate) first_report_delay: Duration,
     pub(crate) max_samples: i32,
     pub(crate) max_errors: i32,
-    pub(crate) timeout: Duration,
+    pub(crate) slow_threshold: Duration,
     pub(crate) max_tag_length: i32,
     pub(crate) excludes: Vec<String>,
     pub(crate) console: Option<bool>,
     pub(crate) reporters: Vec<Box<dyn Reporter>>,
-    pub(crate) channel_capacity: usize,
+    /// Spans each thread may hand over before the aggregator takes them.
+    pub(crate) handoff_capacity: usize,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) request_timeout: Duration,
     /// PEM of the certificate authorities trusted for `https://` servers (replaces the
@@ -81,7 +87,9 @@ impl Config {
     pub fn new() -> Config {
         Config {
             servers: Vec::new(),
+            servers_from: "Config::servers",
             app_id: None,
+            app_id_from: "Config::app_id",
             secret: None,
             app_name: None,
             version: None,
@@ -89,12 +97,12 @@ impl Config {
             first_report_delay: Duration::from_secs(5),
             max_samples: 1,
             max_errors: 10,
-            timeout: Duration::from_millis(5000),
+            slow_threshold: Duration::from_millis(5000),
             max_tag_length: 1024,
             excludes: Vec::new(),
             console: None,
             reporters: Vec::new(),
-            channel_capacity: 256,
+            handoff_capacity: 64 * 1024,
             shutdown_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             tls_ca_pem: None,
@@ -120,13 +128,22 @@ impl Config {
                 continue;
             }
             match k.to_ascii_lowercase().as_str() {
-                "starserver" => self = self.server(v),
-                "starappid" => self.app_id = Some(v.to_owned()),
+                "starserver" => {
+                    self = self.servers(v.split(','));
+                    self.servers_from = "StarServer";
+                }
+                "starappid" => {
+                    self.app_id = Some(v.to_owned());
+                    self.app_id_from = "StarAppId";
+                }
                 "starsecret" => self.secret = Some(v.to_owned()),
                 "starappname" => self.app_name = Some(v.to_owned()),
                 "starversion" => self.version = Some(v.to_owned()),
                 #[cfg(feature = "skywalking")]
-                "sw_agent_collector_backend_services" => self.skywalking.set_backends(v),
+                "sw_agent_collector_backend_services" => {
+                    self.skywalking.set_backends(v);
+                    self.skywalking.backends_from = "SW_AGENT_COLLECTOR_BACKEND_SERVICES";
+                }
                 #[cfg(feature = "skywalking")]
                 "sw_agent_name" => self.skywalking.service = Some(v.to_owned()),
                 #[cfg(feature = "skywalking")]
@@ -146,19 +163,30 @@ impl Config {
         self
     }
 
-    /// Stardust server URL; a comma-separated list gives fail-over servers.
-    pub fn server(mut self, servers: &str) -> Config {
-        self.servers = servers
-            .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
+    /// The Stardust server's URL (`http://host:6600` or `https://…`). For fail-over across
+    /// several servers use [`servers`](Config::servers); the environment variable `StarServer`
+    /// takes them separated by commas.
+    pub fn server(mut self, url: impl Into<String>) -> Config {
+        self = self.servers([url.into()]);
+        self.servers_from = "Config::server";
         self
     }
 
-    /// Application id (the app's name on the Stardust server).
+    /// Stardust servers in fail-over order: reports go to the first that answers.
+    pub fn servers<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Config {
+        self.servers = urls
+            .into_iter()
+            .map(|s| s.into().trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        self.servers_from = "Config::servers";
+        self
+    }
+
+    /// Application id (the app's name on the Stardust server; must not be empty).
     pub fn app_id(mut self, app_id: impl Into<String>) -> Config {
         self.app_id = Some(app_id.into());
+        self.app_id_from = "Config::app_id";
         self
     }
 
@@ -206,8 +234,8 @@ impl Config {
 
     /// Spans slower than this are sampled (up to 10× `max_samples`); zero disables (at most
     /// 1 h).
-    pub fn slow_threshold(mut self, timeout: Duration) -> Config {
-        self.timeout = timeout.min(HOUR);
+    pub fn slow_threshold(mut self, threshold: Duration) -> Config {
+        self.slow_threshold = threshold.min(HOUR);
         self
     }
 
@@ -236,11 +264,11 @@ impl Config {
         self
     }
 
-    /// How many spans each thread may hand over before the aggregator takes them, in units of
-    /// 256 spans (default 256, i.e. 65,536 spans per thread). Past it spans are dropped and
+    /// How many finished spans each thread may hand over before the aggregator takes them
+    /// (default 65,536; rounded up to a multiple of 256). Past it spans are dropped and
     /// counted ([`dropped_spans`](crate::dropped_spans)); memory stays bounded.
-    pub fn channel_capacity(mut self, batches: usize) -> Config {
-        self.channel_capacity = batches.max(1);
+    pub fn handoff_capacity(mut self, spans: usize) -> Config {
+        self.handoff_capacity = spans.max(1);
         self
     }
 
@@ -265,6 +293,7 @@ impl Config {
     /// the Stardust server. See [`skywalking`](crate::report::skywalking).
     #[cfg(feature = "skywalking")]
     pub fn skywalking(mut self, oap: &str) -> Config {
+        self.skywalking.backends_from = "Config::skywalking";
         self.skywalking.set_backends(oap);
         self
     }
@@ -298,6 +327,46 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks the values `init` cannot work with; the error names where each came from.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for s in &self.servers {
+            check_url(self.servers_from, "server", s)?;
+        }
+        if let Some(id) = &self.app_id {
+            if id.trim().is_empty() {
+                return Err(ConfigError::new(
+                    self.app_id_from,
+                    "the application id is empty",
+                ));
+            }
+        }
+        #[cfg(feature = "skywalking")]
+        for b in &self.skywalking.backends {
+            check_url(self.skywalking.backends_from, "SkyWalking OAP", b)?;
+        }
+        Ok(())
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(setting: &'static str, what: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = ["http://", "https://"]
+        .iter()
+        .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!(
+                "{what} `{}` is not an http:// or https:// URL",
+                redact_url(url)
+            ),
+        ))
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
@@ -306,7 +375,7 @@ impl fmt::Debug for Config {
             &self
                 .servers
                 .iter()
-                .map(|s| crate::util::url::redact_url(s))
+                .map(|s| redact_url(s))
                 .collect::<Vec<_>>(),
         )
         .field("app_id", &self.app_id)
@@ -317,12 +386,12 @@ impl fmt::Debug for Config {
         .field("first_report_delay", &self.first_report_delay)
         .field("max_samples", &self.max_samples)
         .field("max_errors", &self.max_errors)
-        .field("timeout", &self.timeout)
+        .field("slow_threshold", &self.slow_threshold)
         .field("max_tag_length", &self.max_tag_length)
         .field("excludes", &self.excludes)
         .field("console", &self.console)
         .field("reporters", &self.reporters.len())
-        .field("channel_capacity", &self.channel_capacity)
+        .field("handoff_capacity", &self.handoff_capacity)
         .field("shutdown_timeout", &self.shutdown_timeout)
         .field("request_timeout", &self.request_timeout)
         .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()));
@@ -378,6 +447,30 @@ mod tests {
         assert_eq!(c.skywalking.backends, ["http://oap2:12800"]);
         assert_eq!(c.skywalking.service.as_deref(), Some("billing"));
         assert!(format!("{c:?}").contains("oap2"));
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        let e = Config::new()
+            .with_vars([("StarServer".to_owned(), "ftp://u:pw@h, http://b".to_owned())])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting(), "StarServer");
+        assert_eq!(
+            e.problem(),
+            "server `ftp://h` is not an http:// or https:// URL"
+        );
+        let e = Config::new()
+            .server("localhost:6600")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting(), "Config::server");
+        assert!(e.to_string().contains("`localhost:6600`"), "{e}");
+        let e = Config::new().app_id(" ").validate().unwrap_err();
+        assert_eq!(e.setting(), "Config::app_id");
+        let ok = Config::new().servers(["http://a:1/", "https://b"]);
+        assert_eq!(ok.servers, ["http://a:1", "https://b"]);
+        assert!(ok.validate().is_ok());
     }
 
     #[test]

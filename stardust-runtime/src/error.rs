@@ -8,8 +8,9 @@ use std::fmt;
 pub enum InitError {
     /// The runtime is already running; drop its [`Guard`](crate::Guard) first.
     AlreadyInitialized,
-    /// A configuration value is unusable.
-    InvalidConfig(String),
+    /// A configuration value is unusable; the error names the setting or environment
+    /// variable that held it.
+    InvalidConfig(ConfigError),
     /// A background thread could not be started.
     Spawn(std::io::Error),
 }
@@ -20,7 +21,7 @@ impl fmt::Display for InitError {
             InitError::AlreadyInitialized => {
                 f.write_str("stardust runtime is already initialised (drop its Guard first)")
             }
-            InitError::InvalidConfig(why) => write!(f, "invalid stardust configuration: {why}"),
+            InitError::InvalidConfig(e) => write!(f, "invalid stardust configuration: {e}"),
             InitError::Spawn(e) => write!(f, "cannot start a stardust thread: {e}"),
         }
     }
@@ -30,10 +31,47 @@ impl std::error::Error for InitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             InitError::Spawn(e) => Some(e),
+            InitError::InvalidConfig(e) => Some(e),
             _ => None,
         }
     }
 }
+
+/// An unusable configuration value, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    problem: String,
+}
+
+impl ConfigError {
+    /// `setting` names where the value came from: a builder method (`Config::server`) or an
+    /// environment variable (`StarServer`).
+    pub(crate) fn new(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            problem: problem.into(),
+        }
+    }
+
+    /// The builder method or environment variable that held the bad value.
+    pub fn setting(&self) -> &str {
+        self.setting
+    }
+
+    /// What is wrong with it.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Why [`flush`](crate::flush) did not confirm delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

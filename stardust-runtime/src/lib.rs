@@ -43,7 +43,7 @@ pub mod __fuzz;
 pub use stardust_runtime_macros::trace;
 
 pub use config::Config;
-pub use error::{FlushError, InitError};
+pub use error::{ConfigError, FlushError, InitError};
 pub use id::{SpanId, TraceId};
 #[cfg(feature = "tracing")]
 pub use integrations::tracing_layer::StardustLayer;

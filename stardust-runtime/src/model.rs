@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// One period's report: every operation that finished a span in the period.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
+#[non_exhaustive]
 pub struct TraceModel {
     /// Application id (required by the server).
     pub app_id: String,
@@ -22,6 +23,7 @@ pub struct TraceModel {
 /// Aggregated spans of one operation name in one period (`ISpanBuilder` on the wire).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
+#[non_exhaustive]
 pub struct SpanBuilderModel {
     /// Operation name (≤ 200 characters).
     pub name: String,
@@ -50,6 +52,7 @@ pub struct SpanBuilderModel {
 /// One sampled span (`ISpan` on the wire). Its name is the enclosing builder's.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
+#[non_exhaustive]
 pub struct SpanModel {
     /// Span id, 16 lowercase hex.
     pub id: String,

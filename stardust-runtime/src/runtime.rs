@@ -72,20 +72,13 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     if running.is_some() {
         return Err(InitError::AlreadyInitialized);
     }
-    for s in &config.servers {
-        if !(s.starts_with("http://") || s.starts_with("https://")) {
-            return Err(InitError::InvalidConfig(format!(
-                "server `{}` is not an http:// or https:// URL",
-                crate::util::url::redact_url(s)
-            )));
-        }
-    }
+    config.validate().map_err(InitError::InvalidConfig)?;
     clock::init();
     clock::set_server_offset_ms(0);
     SETTINGS.restore(Snapshot {
         max_samples: config.max_samples,
         max_errors: config.max_errors,
-        timeout_ms: config.timeout.as_millis().min(i32::MAX as u128) as i32,
+        timeout_ms: config.slow_threshold.as_millis().min(i32::MAX as u128) as i32,
         max_tag_length: config.max_tag_length,
     });
     SETTINGS.period_secs.store(
@@ -134,9 +127,9 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         sinks.push(Box::new(ConsoleReporter::new()));
     }
     let tls_roots = match &config.tls_ca_pem {
-        Some(pem) => {
-            Some(crate::report::stardust::parse_ca_pem(pem).map_err(InitError::InvalidConfig)?)
-        }
+        Some(pem) => Some(crate::report::stardust::parse_ca_pem(pem).map_err(|e| {
+            InitError::InvalidConfig(crate::error::ConfigError::new("Config::tls_ca_pem", e))
+        })?),
         None => None,
     };
     if !config.servers.is_empty() {
@@ -153,7 +146,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     }
     let Config {
         reporters,
-        channel_capacity,
+        handoff_capacity,
         shutdown_timeout,
         first_report_delay,
         ..
@@ -166,7 +159,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
 
     // Taps that assemble span trees (SkyWalking) want spans' structured attributes.
     let generation = state::begin(
-        channel_capacity.saturating_mul(BATCH_CAPACITY),
+        handoff_capacity.div_ceil(BATCH_CAPACITY) * BATCH_CAPACITY,
         !taps.is_empty(),
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::collect::aggregator::Tap;
-use crate::error::InitError;
+use crate::error::{ConfigError, InitError};
 use crate::id::{ParentId, TraceId, TraceRepr, is_lower_hex, is_verbatim_id};
 use crate::propagation::seam::{CaptureView, Extracted, InjectView, LinkRef, Propagator};
 use crate::propagation::{self, Extractor, Injector, RemoteContext, Source};
@@ -138,6 +138,8 @@ impl SpanGuard {
 pub(crate) struct SwConfig {
     /// OAP REST base URLs (fail-over order); SkyWalking is enabled when non-empty.
     pub backends: Vec<String>,
+    /// Where `backends` came from, for error messages.
+    pub backends_from: &'static str,
     pub service: Option<String>,
     pub instance: Option<String>,
     pub heartbeat: Option<Duration>,
@@ -253,22 +255,20 @@ pub(crate) fn start(
     default_service: &str,
     request_timeout: Duration,
 ) -> Result<Started, InitError> {
-    for b in &config.backends {
-        if !(b.starts_with("http://") || b.starts_with("https://")) {
-            return Err(InitError::InvalidConfig(format!(
-                "SkyWalking OAP `{b}` is not an http:// or https:// URL"
-            )));
-        }
-    }
     let service = cut(config.service.as_deref().unwrap_or(default_service));
     let instance = cut(&config
         .instance
         .clone()
         .unwrap_or_else(|| format!("{}@{}", std::process::id(), hostname())));
     if service.trim().is_empty() || instance.trim().is_empty() {
-        return Err(InitError::InvalidConfig(
-            "SkyWalking service and instance names must not be empty".into(),
-        ));
+        return Err(InitError::InvalidConfig(ConfigError::new(
+            if service.trim().is_empty() {
+                "SW_AGENT_NAME / Config::skywalking_service"
+            } else {
+                "SW_AGENT_INSTANCE_NAME / Config::skywalking_instance"
+            },
+            "SkyWalking service and instance names must not be empty",
+        )));
     }
     let stats = Arc::new(Stats::default());
     let (tx, data) = crossbeam_channel::bounded(SEGMENT_CHANNEL);
