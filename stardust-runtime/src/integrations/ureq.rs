@@ -16,7 +16,9 @@ const MAX_HOSTS: usize = 1024;
 /// Longest path segment kept in an outgoing span name.
 const MAX_SEGMENT_CHARS: usize = 16;
 
-static OUTGOING_NAMES: Mutex<Option<HashMap<String, HashSet<String>>>> = Mutex::new(None);
+/// The outgoing names handed out, per host, and the runtime generation they belong to: a new
+/// `init` starts with an empty table.
+static OUTGOING_NAMES: Mutex<Option<(u64, HashMap<String, HashSet<String>>)>> = Mutex::new(None);
 
 /// The span name of an outgoing call to `url`: `{scheme}://{authority}/` plus the leading path
 /// segments of at most 16 characters (stopping at the first longer one). After 64 distinct
@@ -43,7 +45,11 @@ pub fn outgoing_name(url: &str) -> String {
         first = false;
     }
     let mut names = OUTGOING_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let hosts = names.get_or_insert_with(HashMap::new);
+    let generation = crate::state::generation();
+    if names.as_ref().is_some_and(|(g, _)| *g != generation) {
+        *names = None;
+    }
+    let (_, hosts) = names.get_or_insert_with(|| (generation, HashMap::new()));
     if !hosts.contains_key(&base) && hosts.len() >= MAX_HOSTS {
         return base;
     }
