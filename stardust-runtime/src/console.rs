@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::collector::DROPPED;
 use crate::model::TraceModel;
-use crate::uploader::Sink;
+use crate::uploader::{FlushOutcome, Sink};
 
 pub(crate) struct ConsoleReporter {
     color: bool,
@@ -158,7 +158,7 @@ impl Sink for ConsoleReporter {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 
-    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
         if let Some(m) = model {
             self.report(m);
         }
@@ -173,6 +173,7 @@ impl Sink for ConsoleReporter {
                 "stardust: {dropped} spans dropped in total (aggregator behind)"
             );
         }
+        FlushOutcome::Delivered
     }
 }
 

@@ -1,8 +1,8 @@
 //! Starting and stopping the runtime: `init`, `Guard`, `flush`.
 
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::settings::{SETTINGS, Snapshot};
 use crate::span;
 use crate::stardust::{StardustOptions, StardustSink};
 use crate::sysinfo;
-use crate::uploader::{Sink, Uploader, UserReporter};
+use crate::uploader::{FlushOutcome, Sink, Undelivered, Uploader, UserReporter};
 
 /// Why `init` failed.
 #[derive(Debug)]
@@ -56,14 +56,18 @@ struct Running {
     tx: Sender<Msg>,
     threads: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    /// Tells the uploader that shutdown began.
+    stopping: Arc<AtomicBool>,
     #[cfg(feature = "skywalking")]
     skywalking: Option<crate::skywalking::Handle>,
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 
-/// Keeps the runtime running. Dropping it reports the last period and stops the background
-/// threads, within the configured shutdown timeout (default 3 s) even when a server hangs.
+/// Keeps the runtime running. Dropping it reports the last period and every report still queued
+/// for retry, logs out and stops the background threads, within the configured
+/// [shutdown timeout](Config::shutdown_timeout) (default 3 s) even when a server hangs; what
+/// still fails at that deadline is lost, and one log line says how much.
 #[must_use = "the runtime shuts down when the Guard is dropped"]
 pub struct Guard {
     _private: (),
@@ -76,7 +80,7 @@ impl fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// Cuts the current period now and waits (bounded) until the reporters have handled it.
+    /// Cuts the current period now and waits (bounded) until it is delivered; see [`flush`].
     pub fn flush(&self) -> bool {
         flush()
     }
@@ -190,10 +194,12 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
     let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
+    let stopping = Arc::new(AtomicBool::new(false));
     let uploader = Uploader {
         rx: up_rx,
         sinks,
         shutdown_timeout,
+        stopping: stopping.clone(),
     };
     let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay, taps);
 
@@ -219,6 +225,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         tx,
         threads: vec![agg_thread, up_thread],
         shutdown_timeout,
+        stopping,
         #[cfg(feature = "skywalking")]
         skywalking,
     });
@@ -226,16 +233,58 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
 }
 
 /// Cuts the current period now: every span finished before this call (on any thread whose
-/// outermost span has closed, and on this thread) is reported. Waits until the reporters have
-/// handled it, at most the shutdown timeout. Returns false when the runtime is not running or
-/// the wait timed out.
+/// outermost span has closed, and on this thread) is reported, together with every report
+/// still queued for retry, oldest first. Failed sends are retried with a short backoff (after
+/// a new login on code 401, and on the next server of the list) until the deadline: the
+/// [shutdown timeout](Config::shutdown_timeout), at least 1 s.
+///
+/// Returns only when that is done or the deadline passed, and says which: `true` when every
+/// reporter delivered the cut and the queue before it; `false` when the runtime is not running
+/// or the deadline passed first. What was not delivered then stays queued and is retried as
+/// usual (a log line says how many reports and spans). With the `skywalking` feature it also
+/// waits until the SkyWalking reporter has posted the segments cut so far.
 pub fn flush() -> bool {
+    match flush_outcome() {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("stardust: flush: {e}");
+            false
+        }
+    }
+}
+
+/// Why [`flush`] returned false. Internal for now: `flush` may return it one day.
+#[derive(Debug)]
+pub(crate) enum FlushError {
+    /// No runtime is running, or it stopped during the flush.
+    NotRunning,
+    /// The deadline passed first. The counts of what is still queued, when a reporter said so
+    /// (`None`: no answer in time, e.g. a reporter busy with an earlier call).
+    TimedOut(Option<Undelivered>),
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::NotRunning => f.write_str("the runtime is not running"),
+            FlushError::TimedOut(Some(u)) => {
+                write!(f, "deadline passed; {u} not delivered yet (kept for retry)")
+            }
+            FlushError::TimedOut(None) => {
+                f.write_str("deadline passed; no answer from the reporters")
+            }
+        }
+    }
+}
+
+/// [`flush`], with the outcome.
+pub(crate) fn flush_outcome() -> Result<(), FlushError> {
     span::flush_thread();
     let (tx, timeout) = {
         let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
         match running.as_ref() {
             Some(r) => (r.tx.clone(), r.shutdown_timeout),
-            None => return false,
+            None => return Err(FlushError::NotRunning),
         }
     };
     #[cfg(feature = "skywalking")]
@@ -245,16 +294,32 @@ pub fn flush() -> bool {
         .as_ref()
         .and_then(|r| r.skywalking.as_ref().map(|h| h.control()));
     let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
+    // The reporters stop a little earlier, so their answer is here by the deadline.
+    let reporters_deadline = deadline - Duration::from_millis(50);
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-    if tx.send_deadline(Msg::Flush(reply_tx), deadline).is_err() {
-        return false;
+    match tx.send_deadline(Msg::Flush(reply_tx, reporters_deadline), deadline) {
+        Ok(()) => {}
+        Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
+            return Err(FlushError::TimedOut(None));
+        }
+        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+            return Err(FlushError::NotRunning);
+        }
     }
-    let flushed = reply_rx.recv_deadline(deadline).is_ok();
+    let outcome = match reply_rx.recv_deadline(deadline) {
+        Ok(FlushOutcome::Delivered) => Ok(()),
+        Ok(FlushOutcome::TimedOut(u)) => Err(FlushError::TimedOut(Some(u))),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(FlushError::TimedOut(None)),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(FlushError::NotRunning),
+    };
     // The segments cut so far are with the SkyWalking reporter: wait until they are posted.
     #[cfg(feature = "skywalking")]
-    let flushed =
-        flushed && skywalking.is_none_or(|ctl| crate::skywalking::Handle::flush(&ctl, deadline));
-    flushed
+    if outcome.is_ok()
+        && skywalking.is_some_and(|ctl| !crate::skywalking::Handle::flush(&ctl, deadline))
+    {
+        return Err(FlushError::TimedOut(None));
+    }
+    outcome
 }
 
 /// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
@@ -270,6 +335,7 @@ fn shutdown() {
         return;
     };
     ENABLED.store(false, Ordering::Release);
+    running.stopping.store(true, Ordering::Release);
     #[cfg(feature = "skywalking")]
     crate::segment::disable();
     let deadline = Instant::now() + running.shutdown_timeout;
@@ -290,7 +356,7 @@ fn shutdown() {
         }
     } else {
         log::warn!(
-            "stardust: shutdown did not finish within {:?}; background threads left to end on their own",
+            "stardust: shutdown did not finish within {:?} (a reporter was still busy, e.g. with a call started before the shutdown, which only the request timeout bounds); what it had not delivered is lost; background threads left to end on their own",
             running.shutdown_timeout
         );
     }
