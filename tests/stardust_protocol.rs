@@ -3,7 +3,8 @@
 //! excludes, shutdown. Every test counts what the server recorded, exactly.
 //!
 //! Periods are cut with `flush()` (the first automatic cut is 60 s away), except in the
-//! concurrent test at the end, which runs on 1-s periods.
+//! retry-queue tests, whose first cut is automatic (a failed flush is retried within the
+//! flush), and the concurrent test at the end, which runs on 1-s periods.
 
 use stardust_test_support as support;
 use stardust_test_support::common;
@@ -613,12 +614,20 @@ fn server_down_at_start_then_up_delivers_everything() {
     let _s = common::serial();
     let fake = fake_with_app();
     fake.refuse_connections();
-    let guard = start(config(&fake));
+    let budget = Duration::from_secs(1);
+    let guard = start(config(&fake).shutdown_timeout(budget));
     calls(3, 1);
-    assert!(guard.flush().is_ok());
+    // A flush tries until its deadline (the shutdown timeout, at least 1 s), then says no.
+    let t = Instant::now();
+    assert!(guard.flush().is_err());
+    let took = t.elapsed();
+    assert!(
+        took >= budget - Duration::from_millis(200) && took < budget + Duration::from_millis(1500),
+        "flush took {took:?}"
+    );
     let first_queued = Instant::now();
     calls(2, 0);
-    assert!(guard.flush().is_ok());
+    assert!(guard.flush().is_err());
     assert!(fake.requests().is_empty());
 
     // While logged out with reports queued, the uploader must wait, not spin (the retry
@@ -643,14 +652,15 @@ fn server_down_at_start_then_up_delivers_everything() {
     );
     let reps = fake.reports();
     assert_eq!(reps.len(), 3);
-    // The current period first, then the queue, oldest first, without samples.
+    // A flush delivers the queue, oldest first (kept without samples), then its cut.
     let ok_totals: Vec<i64> = reps
         .iter()
         .map(|r| count(&sent_builders(r)["proto/ok"], "Total"))
         .collect();
-    assert_eq!(ok_totals, [1, 3, 2]);
-    assert!(sent_builders(&reps[1]).contains_key("proto/fail"));
-    for r in &reps[1..] {
+    assert_eq!(ok_totals, [3, 2, 1]);
+    assert!(sent_builders(&reps[0]).contains_key("proto/fail"));
+    assert_eq!(samples(&sent_builders(&reps[2])["proto/ok"], "Samples"), 1);
+    for r in &reps[..2] {
         for b in sent_builders(r).values() {
             assert_eq!(samples(b, "Samples") + samples(b, "ErrorSamples"), 0, "{b}");
         }
@@ -661,15 +671,21 @@ fn server_down_at_start_then_up_delivers_everything() {
     assert_clean(&fake, Some(SECRET));
 }
 
-/// One report fails with `fault`; it is kept and delivered after the next success, exactly once.
+/// One report fails with `fault`, exactly once each time. A periodic one is kept (without
+/// samples) and delivered by the next flush, before that flush's cut (oldest first); a flush's
+/// own report is retried within the flush.
 fn failed_report_is_replayed(fault: Fault) {
     let _s = common::serial();
     let fake = fake_with_app();
-    let guard = start(config(&fake));
+    // The first cut is automatic (300 ms after the first span); the next one 60 s later.
+    let guard = start(config(&fake).first_report_delay(Duration::from_millis(300)));
     wait_logins(&fake, 1);
-    calls(3, 2);
     fake.push_fault(On::Report, fault.clone());
-    assert!(guard.flush().is_ok());
+    calls(3, 2);
+    assert!(
+        fake.wait_for(|r| r.requests.iter().any(is_report), WAIT),
+        "the first period is reported"
+    );
     let reqs = report_requests(&fake);
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].fault.as_ref(), Some(&fault));
@@ -678,18 +694,31 @@ fn failed_report_is_replayed(fault: Fault) {
     calls(4, 1);
     assert!(guard.flush().is_ok());
     let want = expect(&[("proto/ok", 7, 0), ("proto/fail", 3, 3)]);
-    wait_totals(&fake, &want, WAIT);
+    assert_eq!(fake.totals_by_name(), want, "delivered when flush returns");
     let reqs = report_requests(&fake);
-    assert_eq!(reqs.len(), 3, "failed, current, replayed");
+    assert_eq!(reqs.len(), 3, "failed, replayed, current");
     let reps = fake.reports();
     assert_eq!(reps.len(), 2);
-    assert_eq!(count(&sent_builders(&reps[0])["proto/ok"], "Total"), 4);
-    let replay = sent_builders(&reps[1]);
+    let replay = sent_builders(&reps[0]);
     assert_eq!(count(&replay["proto/ok"], "Total"), 3);
     assert_eq!(count(&replay["proto/fail"], "Errors"), 2);
     for b in replay.values() {
         assert_eq!(samples(b, "Samples") + samples(b, "ErrorSamples"), 0, "{b}");
     }
+    assert_eq!(count(&sent_builders(&reps[1])["proto/ok"], "Total"), 4);
+
+    // A flush whose report fails retries it at once, samples and all.
+    fake.push_fault(On::Report, fault.clone());
+    calls(1, 1);
+    assert!(guard.flush().is_ok());
+    let want = expect(&[("proto/ok", 8, 0), ("proto/fail", 4, 4)]);
+    assert_eq!(fake.totals_by_name(), want);
+    let reqs = report_requests(&fake);
+    assert_eq!(reqs.len(), 5, "then failed and retried");
+    assert_eq!(reqs[3].fault.as_ref(), Some(&fault));
+    let retried = sent_builders(fake.reports().last().unwrap());
+    assert_eq!(samples(&retried["proto/ok"], "Samples"), 1);
+    assert_eq!(samples(&retried["proto/fail"], "ErrorSamples"), 1);
     assert_eq!(
         fake.logins().len(),
         1,
@@ -753,12 +782,12 @@ fn business_error_drops_the_report() {
 fn queued_report_is_retried_by_the_timer() {
     let _s = common::serial();
     let fake = fake_with_app();
-    let guard = start(config(&fake));
+    let guard = start(config(&fake).first_report_delay(Duration::from_millis(300)));
     wait_logins(&fake, 1);
-    calls(2, 1);
     fake.push_fault(On::Report, Fault::status(500));
-    assert!(guard.flush().is_ok());
-    // No further report: the queue is replayed ~5 s later by itself.
+    calls(2, 1);
+    // The automatic first cut fails; no further report: the queue is replayed ~5 s later by
+    // itself.
     let want = expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]);
     wait_totals(&fake, &want, Duration::from_secs(8));
     let reqs = report_requests(&fake);

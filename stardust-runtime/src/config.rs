@@ -208,7 +208,8 @@ impl Config {
         self
     }
 
-    /// Report period until the server says otherwise (clamped to 1 s ..= 1 h).
+    /// Report period until the server says otherwise (clamped to 1 s ..= 1 h). A period from the
+    /// server takes effect at once: the next cut comes at most one new period after the last.
     pub fn period(mut self, period: Duration) -> Config {
         self.period = period.clamp(Duration::from_secs(1), Duration::from_secs(3600));
         self
@@ -320,7 +321,12 @@ impl Config {
         self
     }
 
-    /// Upper bound for shutdown (last report and logout), default 3 s, at most 1 h.
+    /// Budget for shutdown, default 3 s, at most 1 h: the last period and every queued report
+    /// are sent (retried, oldest first) until a quarter of it (at most 1 s) is left, which is
+    /// kept for the logout; what still fails then is lost, with one log line saying how much.
+    /// A longer budget waits out a server restart or fail-over instead of losing the period;
+    /// shutdown ends as soon as everything is delivered. Also the deadline of
+    /// [`flush`](crate::flush) (at least 1 s there).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Config {
         self.shutdown_timeout = timeout.min(HOUR);
         self

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+pub use crate::delivery::Undelivered;
+
 /// Why `init` failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -77,18 +79,27 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FlushError {
-    /// The runtime is not running (no [`Guard`](crate::Guard) alive).
+    /// The runtime is not running (no [`Guard`](crate::Guard) alive), or it stopped during the
+    /// flush.
     NotRunning,
-    /// The deadline passed before every reporter had handled the cut.
-    TimedOut,
+    /// The deadline passed first. What was not delivered yet stays queued and is retried; the
+    /// counts are given when the reporters said (`None`: no answer in time, e.g. a reporter
+    /// busy with an earlier call).
+    TimedOut(Option<Undelivered>),
 }
 
 impl fmt::Display for FlushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FlushError::NotRunning => f.write_str("stardust runtime is not running"),
-            FlushError::TimedOut => {
-                f.write_str("stardust flush timed out before the reporters handled the cut")
+            FlushError::NotRunning => f.write_str("the stardust runtime is not running"),
+            FlushError::TimedOut(Some(u)) => {
+                write!(
+                    f,
+                    "flush deadline passed; {u} not delivered yet (kept for retry)"
+                )
+            }
+            FlushError::TimedOut(None) => {
+                f.write_str("flush deadline passed; no answer from the reporters")
             }
         }
     }

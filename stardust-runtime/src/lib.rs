@@ -16,6 +16,7 @@
 mod clock;
 mod collect;
 mod config;
+mod delivery;
 pub mod docs;
 mod error;
 mod flags;
@@ -43,7 +44,7 @@ pub mod __fuzz;
 pub use stardust_runtime_macros::trace;
 
 pub use config::Config;
-pub use error::{ConfigError, FlushError, InitError};
+pub use error::{ConfigError, FlushError, InitError, Undelivered};
 pub use id::{SpanId, TraceId};
 #[cfg(feature = "tracing")]
 pub use integrations::tracing_layer::StardustLayer;

@@ -1,8 +1,8 @@
 //! Starting and stopping the runtime: `init`, `Guard`, `flush`.
 
 use std::fmt;
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use crossbeam_channel::Sender;
 use crate::clock;
 use crate::collect::aggregator::{Aggregator, Identity, Tap};
 use crate::config::Config;
+use crate::delivery::FlushOutcome;
 use crate::error::{FlushError, InitError};
 use crate::propagation::seam;
 use crate::report::console::ConsoleReporter;
@@ -27,14 +28,18 @@ struct Running {
     tx: Sender<Msg>,
     threads: Vec<JoinHandle<()>>,
     shutdown_timeout: Duration,
+    /// Tells the uploader that shutdown began.
+    stopping: Arc<AtomicBool>,
     #[cfg(feature = "skywalking")]
     skywalking: Option<crate::report::skywalking::Handle>,
 }
 
 static RUNNING: Mutex<Option<Running>> = Mutex::new(None);
 
-/// Keeps the runtime running. Dropping it reports the last period and stops the background
-/// threads, within the configured shutdown timeout (default 3 s) even when a server hangs.
+/// Keeps the runtime running. Dropping it reports the last period and every report still queued
+/// for retry, logs out and stops the background threads, within the configured
+/// [shutdown timeout](Config::shutdown_timeout) (default 3 s) even when a server hangs; what
+/// still fails at that deadline is lost, and one log line says how much.
 #[must_use = "the runtime shuts down when the Guard is dropped"]
 pub struct Guard {
     _private: (),
@@ -47,8 +52,8 @@ impl fmt::Debug for Guard {
 }
 
 impl Guard {
-    /// Cuts the current period now and waits (bounded) until the reporters have handled it.
-    /// See [`flush`](crate::flush).
+    /// Cuts the current period now and waits (bounded) until it is delivered; see
+    /// [`flush`](crate::flush).
     pub fn flush(&self) -> Result<(), FlushError> {
         flush()
     }
@@ -164,10 +169,12 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
     let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
+    let stopping = Arc::new(AtomicBool::new(false));
     let uploader = Uploader {
         rx: up_rx,
         sinks,
         shutdown_timeout,
+        stopping: stopping.clone(),
     };
     let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay, taps);
 
@@ -195,6 +202,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         tx,
         threads: vec![agg_thread, up_thread],
         shutdown_timeout,
+        stopping,
         #[cfg(feature = "skywalking")]
         skywalking,
     });
@@ -202,12 +210,19 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
 }
 
 /// Cuts the current period now: every span finished before this call (on any thread whose
-/// outermost span has closed, and on this thread) is reported. Waits until the reporters have
-/// handled it, at most the shutdown timeout (at least 1 s).
+/// outermost span has closed, and on this thread) is reported, together with every report
+/// still queued for retry, oldest first. Failed sends are retried with a short backoff (after
+/// a new login on code 401, and on the next server of the list) until the deadline: the
+/// [shutdown timeout](Config::shutdown_timeout), at least 1 s.
+///
+/// Returns only when that is done or the deadline passed, and says which: `Ok` when every
+/// reporter delivered the cut and the queue before it. With the `skywalking` feature it also
+/// waits until the SkyWalking reporter has posted the segments cut so far.
 ///
 /// # Errors
-/// [`FlushError::NotRunning`] when no runtime runs, [`FlushError::TimedOut`] when the wait
-/// ended before every reporter had handled the cut.
+/// [`FlushError::NotRunning`] when no runtime runs; [`FlushError::TimedOut`] when the deadline
+/// passed first. What was not delivered then stays queued and is retried as usual (a log line
+/// and the error say how many reports and spans).
 pub fn flush() -> Result<(), FlushError> {
     local::flush_thread();
     let (tx, timeout) = {
@@ -224,20 +239,32 @@ pub fn flush() -> Result<(), FlushError> {
         .as_ref()
         .and_then(|r| r.skywalking.as_ref().map(|h| h.control()));
     let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
+    // The reporters stop a little earlier, so their answer is here by the deadline.
+    let reporters_deadline = deadline - Duration::from_millis(50);
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-    if tx.send_deadline(Msg::Flush(reply_tx), deadline).is_err() {
-        return Err(FlushError::TimedOut);
+    match tx.send_deadline(Msg::Flush(reply_tx, reporters_deadline), deadline) {
+        Ok(()) => {}
+        Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
+            return Err(FlushError::TimedOut(None));
+        }
+        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+            return Err(FlushError::NotRunning);
+        }
     }
-    let flushed = reply_rx.recv_deadline(deadline).is_ok();
+    let outcome = match reply_rx.recv_deadline(deadline) {
+        Ok(FlushOutcome::Delivered) => Ok(()),
+        Ok(FlushOutcome::TimedOut(u)) => Err(FlushError::TimedOut(Some(u))),
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(FlushError::TimedOut(None)),
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(FlushError::NotRunning),
+    };
     // The segments cut so far are with the SkyWalking reporter: wait until they are posted.
     #[cfg(feature = "skywalking")]
-    let flushed = flushed
-        && skywalking.is_none_or(|ctl| crate::report::skywalking::Handle::flush(&ctl, deadline));
-    if flushed {
-        Ok(())
-    } else {
-        Err(FlushError::TimedOut)
+    if outcome.is_ok()
+        && skywalking.is_some_and(|ctl| !crate::report::skywalking::Handle::flush(&ctl, deadline))
+    {
+        return Err(FlushError::TimedOut(None));
     }
+    outcome
 }
 
 /// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
@@ -253,6 +280,7 @@ fn shutdown() {
         return;
     };
     state::disable();
+    running.stopping.store(true, Ordering::Release);
     seam::uninstall();
     let deadline = Instant::now() + running.shutdown_timeout;
     let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
@@ -272,7 +300,7 @@ fn shutdown() {
         }
     } else {
         log::warn!(
-            "stardust: shutdown did not finish within {:?}; background threads left to end on their own",
+            "stardust: shutdown did not finish within {:?} (a reporter was still busy, e.g. with a call started before the shutdown, which only the request timeout bounds); what it had not delivered is lost; background threads left to end on their own",
             running.shutdown_timeout
         );
     }

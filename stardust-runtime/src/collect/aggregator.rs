@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::clock;
 use crate::collect::builder::{Builder, Excludes, normalize_name};
+use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
 use crate::settings::SETTINGS;
 use crate::span::mailbox::{self, Msg};
@@ -32,10 +33,12 @@ pub(crate) const OVERFLOW_NAME: &str = "stardust:overflow";
 /// Messages from the aggregator to the uploader thread (the reporters' layer above).
 pub(crate) enum UpMsg {
     Model(TraceModel),
-    /// A forced cut (maybe empty); reply once the reporters have handled it.
-    Flush(Option<TraceModel>, Sender<()>),
-    /// The last cut; report it, stop the reporters (by the deadline), reply, exit.
-    Shutdown(Option<TraceModel>, Sender<()>, Instant),
+    /// A forced cut (maybe empty): report it and what is queued by the deadline, then reply
+    /// whether it was delivered.
+    Flush(Option<TraceModel>, Sender<FlushOutcome>, Instant),
+    /// The last cut; report it and what is queued, stop the reporters (by the deadline),
+    /// reply, exit.
+    Shutdown(Option<TraceModel>, Sender<FlushOutcome>, Instant),
 }
 
 #[derive(Clone, Copy)]
@@ -81,6 +84,10 @@ pub(crate) struct Aggregator {
     period: u32,
     first_delay: Duration,
     next_cut: Option<Instant>,
+    /// When the last periodic cut was made.
+    last_cut: Option<Instant>,
+    /// The report period (seconds) the schedule follows; a new one re-arms `next_cut`.
+    period_secs: u32,
     overflow_logged: bool,
 }
 
@@ -104,6 +111,8 @@ impl Aggregator {
             period: 0,
             first_delay,
             next_cut: None,
+            last_cut: None,
+            period_secs: SETTINGS.period_secs.load(Ordering::Relaxed).max(1),
             overflow_logged: false,
         }
     }
@@ -128,6 +137,7 @@ impl Aggregator {
         let mut spare: Vec<SpanRecord> = Vec::new();
         let mut idle_sweeps = 0u32;
         loop {
+            self.follow_period();
             // Sweep often while spans flow, less often when idle.
             let sweep_every = if idle_sweeps > 50 {
                 IDLE_SWEEP_INTERVAL
@@ -152,21 +162,19 @@ impl Aggregator {
                 None => {
                     if self.next_cut.is_some_and(|at| Instant::now() >= at) {
                         self.cut(None);
-                        let period = Duration::from_secs(
-                            SETTINGS.period_secs.load(Ordering::Relaxed).max(1) as u64,
-                        );
-                        self.next_cut = Some(Instant::now() + period);
+                        self.period_secs = SETTINGS.period_secs.load(Ordering::Relaxed).max(1);
+                        let now = Instant::now();
+                        self.last_cut = Some(now);
+                        self.next_cut = Some(now + Duration::from_secs(self.period_secs as u64));
                     }
                 }
                 Some(Msg::Wake) => {}
-                Some(Msg::Flush(reply)) => self.cut(Some(reply)),
+                Some(Msg::Flush(reply, deadline)) => self.cut(Some((reply, deadline))),
                 Some(Msg::Shutdown(reply, deadline)) => {
                     self.sweep(&mut spare);
-                    while let Ok(msg) = self.rx.try_recv() {
-                        if let Msg::Flush(r) | Msg::Shutdown(r, _) = msg {
-                            let _ = r.send(());
-                        }
-                    }
+                    // A flush that raced the shutdown gets no reply (its caller sees the
+                    // runtime stopped); its spans are in the last cut.
+                    while self.rx.try_recv().is_ok() {}
                     let model = self.take_model();
                     for tap in &mut self.taps {
                         tap.on_shutdown(deadline);
@@ -186,6 +194,33 @@ impl Aggregator {
         self.sweep(&mut spare);
         if let Some(model) = self.take_model() {
             let _ = self.up.send(UpMsg::Model(model));
+        }
+    }
+
+    /// Re-arms the next cut when the report period changed (the server sent another one): the
+    /// next cut comes one new period after the last cut, or now if that has passed, unless it
+    /// was due sooner anyway. So a shorter period takes effect at once, not one old period
+    /// later.
+    fn follow_period(&mut self) {
+        let secs = SETTINGS.period_secs.load(Ordering::Relaxed).max(1);
+        if secs == self.period_secs {
+            return;
+        }
+        self.period_secs = secs;
+        let Some(at) = self.next_cut else {
+            return;
+        };
+        let now = Instant::now();
+        let period = Duration::from_secs(secs as u64);
+        let due = self
+            .last_cut
+            .map_or(now + period, |c| (c + period).max(now));
+        if due < at {
+            self.next_cut = Some(due);
+            log::debug!(
+                "stardust: report period now {secs} s; next cut in {} ms",
+                due.saturating_duration_since(now).as_millis()
+            );
         }
     }
 
@@ -311,16 +346,16 @@ impl Aggregator {
         })
     }
 
-    fn cut(&mut self, reply: Option<Sender<()>>) {
+    fn cut(&mut self, reply: Option<(Sender<FlushOutcome>, Instant)>) {
         let model = self.take_model();
         let msg = match (model, reply) {
             (Some(m), None) => UpMsg::Model(m),
             (None, None) => return,
-            (model, Some(reply)) => UpMsg::Flush(model, reply),
+            (model, Some((reply, deadline))) => UpMsg::Flush(model, reply, deadline),
         };
         if let Err(e) = self.up.try_send(msg) {
             match e.into_inner() {
-                UpMsg::Model(m) | UpMsg::Flush(Some(m), _) => log::error!(
+                UpMsg::Model(m) | UpMsg::Flush(Some(m), _, _) => log::error!(
                     "stardust: uploader queue full; a period with {} operations was dropped",
                     m.builders.len()
                 ),

@@ -18,7 +18,10 @@ const MAX_SEGMENT_CHARS: usize = 16;
 
 /// The outgoing names handed out, per host, and the runtime generation they belong to: a new
 /// `init` starts with an empty table.
-static OUTGOING_NAMES: Mutex<Option<(u64, HashMap<String, HashSet<String>>)>> = Mutex::new(None);
+static OUTGOING_NAMES: Mutex<Option<(u64, NamesPerHost)>> = Mutex::new(None);
+
+/// Outgoing names handed out, by `{scheme}://{authority}`.
+type NamesPerHost = HashMap<String, HashSet<String>>;
 
 /// The span name of an outgoing call to `url`: `{scheme}://{authority}/` plus the leading path
 /// segments of at most 16 characters (stopping at the first longer one). After 64 distinct

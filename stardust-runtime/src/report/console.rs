@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
+use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
 use crate::report::sink::Sink;
 use crate::span::mailbox;
@@ -157,7 +158,7 @@ impl Sink for ConsoleReporter {
         let _ = std::io::stderr().lock().write_all(text.as_bytes());
     }
 
-    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
         if let Some(m) = model {
             self.report(m);
         }
@@ -172,6 +173,7 @@ impl Sink for ConsoleReporter {
                 "stardust: {dropped} spans dropped in total (aggregator behind)"
             );
         }
+        FlushOutcome::Delivered
     }
 }
 

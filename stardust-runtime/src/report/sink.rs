@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
 
 /// Receives every period's report. Implement it to send reports somewhere of your own; add it
@@ -17,21 +18,28 @@ pub trait Reporter: Send + 'static {
 /// What the uploader thread drives. Internal reporters also get periodic work and deadlines.
 pub(crate) trait Sink: Send {
     fn report(&mut self, model: &TraceModel);
+    /// A period that arrived after shutdown began: keep it for [`Sink::shutdown`], which
+    /// delivers it within the shutdown deadline (a reporter without a queue reports it now).
+    fn hold(&mut self, model: &TraceModel) {
+        self.report(model);
+    }
     /// Periodic work (pings, retries); returns when it wants to run next.
     fn tick(&mut self, _now: Instant) -> Option<Instant> {
         None
     }
-    /// A forced cut: report `model` (if any) and finish pending work before `deadline`.
-    fn flush(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+    /// A forced cut: report `model` (if any) and what is pending before `deadline`.
+    fn flush(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
         if let Some(m) = model {
             self.report(m);
         }
+        FlushOutcome::Delivered
     }
     /// The last cut: report it, deliver what is pending and stop, before `deadline`.
-    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
         if let Some(m) = model {
             self.report(m);
         }
+        FlushOutcome::Delivered
     }
 }
 
@@ -41,10 +49,11 @@ impl Sink for UserReporter {
     fn report(&mut self, model: &TraceModel) {
         self.0.report(model);
     }
-    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) {
+    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
         if let Some(m) = model {
             self.0.report(m);
         }
         self.0.shutdown();
+        FlushOutcome::Delivered
     }
 }

@@ -2,6 +2,9 @@
 //! the reporters (console, Stardust server, user reporters). It runs apart from the
 //! aggregator so a slow server never stops spans from being aggregated.
 
+use crate::delivery::FlushOutcome;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -14,6 +17,9 @@ pub(crate) struct Uploader {
     pub rx: Receiver<UpMsg>,
     pub sinks: Vec<Box<dyn Sink>>,
     pub shutdown_timeout: Duration,
+    /// Set when shutdown begins: periods still on their way are held for the shutdown's
+    /// deadline-bound delivery, and no periodic work starts.
+    pub stopping: Arc<AtomicBool>,
 }
 
 /// Runs `f` on one sink; a panic in it is caught and logged (the sink keeps its place and
@@ -55,28 +61,41 @@ impl Uploader {
                 },
             };
             match msg {
-                UpMsg::Model(model) => self.report(&model),
-                UpMsg::Flush(model, reply) => {
-                    let deadline = Instant::now() + self.shutdown_timeout;
+                UpMsg::Model(model) if self.stopping.load(Ordering::Acquire) => {
                     for s in &mut self.sinks {
-                        guarded("flush", || s.flush(model.as_ref(), deadline));
+                        guarded("report", || s.hold(&model));
                     }
-                    let _ = reply.send(());
+                }
+                UpMsg::Model(model) => self.report(&model),
+                UpMsg::Flush(model, reply, deadline) => {
+                    let outcome = self.each("flush", |s| s.flush(model.as_ref(), deadline));
+                    let _ = reply.send(outcome);
                 }
                 UpMsg::Shutdown(model, reply, deadline) => {
-                    for s in &mut self.sinks {
-                        guarded("shutdown", || s.shutdown(model.as_ref(), deadline));
-                    }
-                    let _ = reply.send(());
+                    let outcome = self.each("shutdown", |s| s.shutdown(model.as_ref(), deadline));
+                    let _ = reply.send(outcome);
                     return;
                 }
             }
             next_tick = self.tick();
         }
         let deadline = Instant::now() + self.shutdown_timeout;
+        self.each("shutdown", |s| s.shutdown(None, deadline));
+    }
+
+    /// Runs `f` on every sink; the outcomes together (a sink that panicked counts as done).
+    fn each(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Box<dyn Sink>) -> FlushOutcome,
+    ) -> FlushOutcome {
+        let mut outcome = FlushOutcome::Delivered;
         for s in &mut self.sinks {
-            guarded("shutdown", || s.shutdown(None, deadline));
+            if let Some(o) = guarded(what, || f(s)) {
+                outcome = outcome.and(o);
+            }
         }
+        outcome
     }
 
     fn report(&mut self, model: &TraceModel) {
@@ -86,10 +105,85 @@ impl Uploader {
     }
 
     fn tick(&mut self) -> Option<Instant> {
+        if self.stopping.load(Ordering::Acquire) {
+            return None;
+        }
         let now = Instant::now();
         self.sinks
             .iter_mut()
             .filter_map(|s| guarded("tick", || s.tick(now)).flatten())
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Undelivered;
+
+    /// Records what the uploader asked of it.
+    struct Recording(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Sink for Recording {
+        fn report(&mut self, _: &TraceModel) {
+            self.0.lock().unwrap().push("report");
+        }
+        fn hold(&mut self, _: &TraceModel) {
+            self.0.lock().unwrap().push("hold");
+        }
+        fn flush(&mut self, _: Option<&TraceModel>, _: Instant) -> FlushOutcome {
+            self.0.lock().unwrap().push("flush");
+            FlushOutcome::TimedOut(Undelivered {
+                reports: 1,
+                periods: 1,
+                spans: 7,
+            })
+        }
+        fn shutdown(&mut self, _: Option<&TraceModel>, _: Instant) -> FlushOutcome {
+            self.0.lock().unwrap().push("shutdown");
+            FlushOutcome::Delivered
+        }
+    }
+
+    #[test]
+    fn periods_arriving_after_shutdown_began_are_held_for_it() {
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let uploader = Uploader {
+            rx,
+            sinks: vec![
+                Box::new(Recording(calls.clone())),
+                Box::new(Recording(calls.clone())),
+            ],
+            shutdown_timeout: Duration::from_secs(1),
+            stopping: stopping.clone(),
+        };
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(2);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        tx.send(UpMsg::Model(TraceModel::default())).unwrap();
+        tx.send(UpMsg::Flush(None, reply_tx.clone(), deadline))
+            .unwrap();
+        let thread = std::thread::spawn(move || uploader.run());
+        assert_eq!(
+            reply_rx.recv().unwrap(),
+            FlushOutcome::TimedOut(Undelivered {
+                reports: 2,
+                periods: 2,
+                spans: 14
+            }),
+            "the outcomes of both sinks together"
+        );
+        stopping.store(true, Ordering::Release);
+        tx.send(UpMsg::Model(TraceModel::default())).unwrap();
+        tx.send(UpMsg::Shutdown(None, reply_tx, deadline)).unwrap();
+        assert_eq!(reply_rx.recv().unwrap(), FlushOutcome::Delivered);
+        thread.join().unwrap();
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                "report", "report", "flush", "flush", "hold", "hold", "shutdown", "shutdown"
+            ]
+        );
     }
 }

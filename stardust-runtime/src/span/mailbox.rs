@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 
+use crate::delivery::FlushOutcome;
 use crate::span::record::SpanRecord;
 use crate::state;
 
@@ -35,11 +36,11 @@ const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Messages to the aggregator thread.
 pub(crate) enum Msg {
-    /// Cut the period now; the reply comes once the reporters have handled it.
-    Flush(Sender<()>),
+    /// Cut the period now and deliver it by the deadline; the reply says whether it was.
+    Flush(Sender<FlushOutcome>, std::time::Instant),
     /// Cut, report and stop by the deadline; the reply comes when everything downstream has
     /// stopped.
-    Shutdown(Sender<()>, std::time::Instant),
+    Shutdown(Sender<FlushOutcome>, std::time::Instant),
     /// A mailbox is half full: sweep now.
     Wake,
 }

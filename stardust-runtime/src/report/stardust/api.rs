@@ -8,6 +8,8 @@ use serde_json::{Map, Value};
 
 /// Largest reply body read; anything larger is a transport error.
 const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
+/// A call is not started with less time than this left before its deadline.
+pub(crate) const MIN_CALL_TIME: Duration = Duration::from_millis(20);
 
 /// Why a call did not succeed.
 #[derive(Debug)]
@@ -75,6 +77,30 @@ impl Api {
         &self.servers[self.current]
     }
 
+    /// The configured servers, credentials redacted, for log lines.
+    pub(crate) fn servers_for_log(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| crate::util::url::redact_url(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sends the next calls to the next server of the list (no-op with one server). For
+    /// failures that [`Api::call`] does not fail over on itself (HTTP errors, replies that are
+    /// not an envelope) when retrying against a deadline.
+    pub(crate) fn fail_over(&mut self) {
+        let next = (self.current + 1) % self.servers.len().max(1);
+        if next != self.current {
+            log::debug!(
+                "stardust: {} failed; trying {} next",
+                crate::util::url::redact_url(&self.servers[self.current]),
+                crate::util::url::redact_url(&self.servers[next])
+            );
+            self.current = next;
+        }
+    }
+
     /// One call: tries the current server, then the others on network errors (not on HTTP or
     /// business errors), within `timeout` per attempt and `deadline` overall.
     pub(crate) fn call(
@@ -90,7 +116,7 @@ impl Api {
             let mut t = timeout;
             if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
-                if left < Duration::from_millis(20) {
+                if left < MIN_CALL_TIME {
                     return Err(CallError::Transport("out of time".into()));
                 }
                 t = t.min(left);
@@ -313,6 +339,30 @@ mod tests {
             parse_envelope(deep.as_bytes()),
             Err(CallError::Transport(_))
         ));
+    }
+
+    #[test]
+    fn servers_are_logged_redacted_and_failed_over_in_turn() {
+        let mut api = Api::new(
+            vec![
+                "http://user:pw@a.example:1".into(),
+                "http://b.example:2".into(),
+            ],
+            "test",
+            None,
+        );
+        assert_eq!(
+            api.servers_for_log(),
+            "http://a.example:1, http://b.example:2"
+        );
+        assert_eq!(api.server(), "http://user:pw@a.example:1");
+        api.fail_over();
+        assert_eq!(api.server(), "http://b.example:2");
+        api.fail_over();
+        assert_eq!(api.server(), "http://user:pw@a.example:1");
+        let mut one = Api::new(vec!["http://c.example:3".into()], "test", None);
+        one.fail_over();
+        assert_eq!(one.server(), "http://c.example:3");
     }
 
     #[test]

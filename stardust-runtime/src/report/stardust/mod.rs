@@ -13,6 +13,7 @@ use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
 
 use crate::clock;
+use crate::delivery::{FlushOutcome, Undelivered};
 use crate::model::TraceModel;
 use crate::report::sink::Sink;
 use crate::settings::SETTINGS;
@@ -25,6 +26,11 @@ pub(crate) const MAX_QUEUE: usize = 2880;
 const RAW_THRESHOLD: usize = 1024;
 /// Most exclude patterns taken from a reply.
 const MAX_EXCLUDES: usize = 1000;
+/// First pause between two attempts of a flush or shutdown; it doubles up to `RETRY_MAX`.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Time kept for the logout at shutdown: a quarter of the budget, at most this.
+const LOGOUT_MAX: Duration = Duration::from_secs(1);
 
 pub(crate) struct StardustOptions {
     pub servers: Vec<String>,
@@ -167,14 +173,21 @@ impl StardustSink {
         Ok(())
     }
 
+    /// Counts a failed login and sets when the background retries it: 5 s, +5 s per failure,
+    /// at most 30 s. Returns the wait in seconds.
+    fn login_failed(&mut self) -> u64 {
+        self.logged_in = false;
+        self.login_failures += 1;
+        let wait = (5 * self.login_failures as u64).min(30);
+        self.next_login = Instant::now() + Duration::from_secs(wait);
+        wait
+    }
+
     fn try_login(&mut self, deadline: Option<Instant>) -> bool {
         match self.login(deadline) {
             Ok(()) => true,
             Err(e) => {
-                self.logged_in = false;
-                self.login_failures += 1;
-                let wait = (5 * self.login_failures as u64).min(30);
-                self.next_login = Instant::now() + Duration::from_secs(wait);
+                let wait = self.login_failed();
                 log::warn!(
                     "stardust: login to {} failed: {e}; retrying in {wait} s",
                     crate::util::url::redact_url(self.api.server())
@@ -211,9 +224,7 @@ impl StardustSink {
                 self.logged_in = false;
                 // A failed re-login is not the report's fault: keep the data (Transport).
                 if let Err(e) = self.login(deadline) {
-                    self.login_failures += 1;
-                    let wait = (5 * self.login_failures as u64).min(30);
-                    self.next_login = Instant::now() + Duration::from_secs(wait);
+                    self.login_failed();
                     return Err(CallError::Transport(format!("login again failed: {e}")));
                 }
                 self.api
@@ -234,6 +245,7 @@ impl StardustSink {
                 let empty = Map::new();
                 let data = data.as_object().unwrap_or(&empty);
                 Self::sync_clock(data, sent);
+                // Takes effect at once: the caller arms the next ping with it.
                 if let Some(p) = get_i64(data, "period").filter(|p| *p > 0) {
                     self.ping_period = Duration::from_secs(p.clamp(1, 3600) as u64);
                 }
@@ -316,6 +328,14 @@ impl StardustSink {
     }
 
     fn enqueue(&mut self, model: &TraceModel) {
+        self.keep(model.without_samples());
+        if self.next_drain.is_none() {
+            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+        }
+    }
+
+    /// Appends to the retry queue (dropping the oldest when it is full).
+    fn keep(&mut self, model: TraceModel) {
         if self.queue.len() >= MAX_QUEUE {
             self.queue.pop_front();
             self.queue_dropped += 1;
@@ -325,10 +345,7 @@ impl StardustSink {
                 );
             }
         }
-        self.queue.push_back(model.without_samples());
-        if self.next_drain.is_none() {
-            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
-        }
+        self.queue.push_back(model);
     }
 
     /// Replays queued reports, oldest first, until one fails on the network.
@@ -353,6 +370,89 @@ impl StardustSink {
             }
         }
         self.next_drain = None;
+    }
+
+    /// Delivers the queue, oldest first, until it is empty or `deadline` comes: for a flush
+    /// and at shutdown. A send that fails is retried after a pause (100 ms, doubling up to
+    /// 1 s), after a new login when needed (code 401 included), and on the next server of the
+    /// list (network errors fail over within each call already). A business error drops that
+    /// report, as always; a login the server refuses ends the attempt. Returns the last error
+    /// when something is left.
+    fn deliver_queue(&mut self, deadline: Instant) -> Option<String> {
+        let mut pause = RETRY_MIN;
+        let mut last_error = None;
+        let mut warned = false;
+        let mut login_failed = false;
+        while !self.queue.is_empty()
+            && deadline.saturating_duration_since(Instant::now()) >= api::MIN_CALL_TIME
+        {
+            let failure = if !self.logged_in {
+                match self.login(Some(deadline)) {
+                    Ok(()) => None,
+                    Err(e @ CallError::Business { .. }) => {
+                        // Refused (wrong secret, disabled app): trying again at once would
+                        // only be refused again; the background login keeps its backoff.
+                        self.login_failed();
+                        last_error = Some(format!("login refused: {e}"));
+                        break;
+                    }
+                    Err(e) => {
+                        // One step of the background login's backoff per flush, not per try.
+                        if !login_failed {
+                            login_failed = true;
+                            self.login_failed();
+                        }
+                        Some(format!("login failed: {e}"))
+                    }
+                }
+            } else {
+                None
+            };
+            let failure = failure.or_else(|| {
+                let model = self.queue.pop_front()?;
+                match self.upload(&model, Some(deadline)) {
+                    Ok(reply) => {
+                        self.apply(&reply);
+                        pause = RETRY_MIN;
+                        None
+                    }
+                    Err(CallError::Business { code, message }) if code != 401 => {
+                        log::error!(
+                            "stardust: server refused a report ({code}: {message}); {} operations dropped",
+                            model.builders.len()
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.queue.push_front(model);
+                        Some(match e {
+                            CallError::Transport(m) => m,
+                            other => other.to_string(),
+                        })
+                    }
+                }
+            });
+            let Some(failure) = failure else { continue };
+            if warned {
+                log::debug!("stardust: report failed again ({failure})");
+            } else {
+                warned = true;
+                log::warn!(
+                    "stardust: report failed ({failure}); retrying until the deadline ({} queued)",
+                    self.queue.len()
+                );
+            }
+            last_error = Some(failure);
+            self.api.fail_over();
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(RETRY_MAX);
+        }
+        if self.queue.is_empty() {
+            self.next_drain = None;
+            None
+        } else {
+            Some(last_error.unwrap_or_else(|| "out of time".to_owned()))
+        }
     }
 
     /// Applies a `TraceResponse` (see [`apply_trace_response`]); clamping is logged once.
@@ -532,25 +632,58 @@ impl Sink for StardustSink {
         next.into_iter().min()
     }
 
-    fn flush(&mut self, model: Option<&TraceModel>, deadline: Instant) {
-        if let Some(m) = model {
-            if self.deliver(m, Some(deadline)) && !self.queue.is_empty() {
-                self.drain(Some(deadline));
-            }
-        } else if self.logged_in && !self.queue.is_empty() {
-            self.drain(Some(deadline));
-        }
+    fn hold(&mut self, model: &TraceModel) {
+        self.keep(model.clone());
     }
 
-    fn shutdown(&mut self, model: Option<&TraceModel>, deadline: Instant) {
-        self.flush(model, deadline);
-        if !self.queue.is_empty() {
-            log::warn!(
-                "stardust: {} reports could not be delivered before shutdown",
-                self.queue.len()
-            );
+    /// The cut and the queue before it, oldest first, by `deadline`; what is left stays queued
+    /// (without samples) for the background retry.
+    fn flush(&mut self, model: Option<&TraceModel>, deadline: Instant) -> FlushOutcome {
+        if let Some(m) = model {
+            self.keep(m.clone());
         }
+        let Some(error) = self.deliver_queue(deadline) else {
+            return FlushOutcome::Delivered;
+        };
+        if model.is_some() {
+            // Delivery goes oldest first: when anything is left, the cut is still at the back.
+            if let Some(last) = self.queue.back_mut() {
+                *last = last.without_samples();
+            }
+        }
+        if self.next_drain.is_none() {
+            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+        }
+        let left = Undelivered::of(&self.queue);
+        log::warn!(
+            "stardust: flush deadline passed: {left} not delivered yet to {}; kept for retry (last error: {error})",
+            self.api.servers_for_log()
+        );
+        FlushOutcome::TimedOut(left)
+    }
+
+    /// The last cut and the queue before it, oldest first, then the logout, by `deadline`. A
+    /// quarter of the time left (at most 1 s) is kept for the logout, so it goes out even when
+    /// a report hung. What is not delivered by then is lost, with one log line saying how much.
+    fn shutdown(&mut self, model: Option<&TraceModel>, deadline: Instant) -> FlushOutcome {
+        if let Some(m) = model {
+            self.keep(m.clone());
+        }
+        let reserve = (deadline.saturating_duration_since(Instant::now()) / 4).min(LOGOUT_MAX);
+        let outcome = match self.deliver_queue(deadline - reserve) {
+            None => FlushOutcome::Delivered,
+            Some(error) => {
+                let lost = Undelivered::of(&self.queue);
+                log::warn!(
+                    "stardust: shutdown deadline passed: {lost} not delivered to {}; lost (last error: {error})",
+                    self.api.servers_for_log()
+                );
+                self.queue.clear();
+                FlushOutcome::TimedOut(lost)
+            }
+        };
         self.logout(deadline);
+        outcome
     }
 }
 
