@@ -2,6 +2,7 @@
 //! users' [`Reporter`]s), and the SkyWalking backend (feature `skywalking`).
 
 pub(crate) mod console;
+pub(crate) mod failover;
 pub(crate) mod sink;
 #[cfg(feature = "skywalking")]
 pub mod skywalking;

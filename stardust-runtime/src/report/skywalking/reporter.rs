@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 
 use super::Stats;
 use super::model::{InstancePingPkg, InstanceProperties, KeyValue, SegmentObject};
+use crate::report::failover::{FailoverClient, HttpError, Request};
 
 /// Most segments in one `POST /v3/segments`.
 pub(crate) const MAX_BATCH_SEGMENTS: usize = 200;
@@ -29,8 +30,6 @@ const MAX_REJECTED_ATTEMPTS: u32 = 3;
 const PROPERTIES_EVERY: u64 = 10;
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest reply body read.
-const MAX_REPLY_BYTES: u64 = 64 * 1024;
 
 /// Control messages to the reporter thread.
 pub(crate) enum Ctl {
@@ -56,89 +55,38 @@ struct Batch {
     rejected: u32,
 }
 
-enum Failure {
-    /// Could not reach the OAP: try the next backend, retry later.
-    Network(String),
-    /// The OAP answered with a non-2xx status.
-    Status(u16),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Network(m) => f.write_str(m),
-            Failure::Status(s) => write!(f, "HTTP {s}"),
-        }
-    }
-}
-
-/// The OAP's REST endpoints, with fail-over across backends on network errors.
-struct Oap {
-    agent: ureq::Agent,
-    backends: Vec<String>,
-    current: usize,
-}
+/// The OAP's REST endpoints over the reporters' [`FailoverClient`] (fail-over across backends
+/// on network errors; URLs redacted in every message).
+struct Oap(FailoverClient);
 
 impl Oap {
     fn new(backends: Vec<String>) -> Oap {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent(concat!("stardust-rs/", env!("CARGO_PKG_VERSION")))
-            .max_redirects(0)
-            .build()
-            .into();
-        Oap {
-            agent,
+        Oap(FailoverClient::new(
             backends,
-            current: 0,
-        }
+            "SkyWalking OAP",
+            concat!("stardust-rs/", env!("CARGO_PKG_VERSION")),
+            None,
+        ))
     }
 
-    fn post(&mut self, path: &str, body: &[u8], timeout: Duration) -> Result<(), Failure> {
-        let mut last = Failure::Network("no OAP configured".into());
-        for _ in 0..self.backends.len() {
-            let url = format!("{}{}", self.backends[self.current], path);
-            log::trace!(
-                "stardust: SkyWalking POST {url} {}",
-                String::from_utf8_lossy(body)
-            );
-            let result = self
-                .agent
-                .post(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .header("Content-Type", "application/json")
-                .send(body);
-            match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let _ = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_REPLY_BYTES)
-                        .read_to_vec();
-                    return if (200..300).contains(&status) {
-                        Ok(())
-                    } else {
-                        Err(Failure::Status(status))
-                    };
-                }
-                Err(e) => {
-                    let next = (self.current + 1) % self.backends.len();
-                    if next != self.current {
-                        log::warn!(
-                            "stardust: SkyWalking OAP {} unreachable ({e}); failing over to {}",
-                            self.backends[self.current],
-                            self.backends[next]
-                        );
-                    }
-                    self.current = next;
-                    last = Failure::Network(e.to_string());
-                }
-            }
+    /// Posts `body` (JSON); any status outside 2xx is an error.
+    fn post(&mut self, path: &str, body: &[u8], timeout: Duration) -> Result<(), HttpError> {
+        log::trace!(
+            "stardust: SkyWalking POST {path} {}",
+            String::from_utf8_lossy(body)
+        );
+        let reply = self.0.send(&Request {
+            body: Some((body, "application/json")),
+            path,
+            authorization: None,
+            timeout,
+            deadline: None,
+        })?;
+        if (200..300).contains(&reply.status) {
+            Ok(())
+        } else {
+            Err(HttpError::Status(reply.status))
         }
-        Err(last)
     }
 }
 
@@ -351,7 +299,7 @@ impl Reporter {
                     }
                 }
                 Err(e) => {
-                    if let Failure::Status(s) = e {
+                    if let HttpError::Status(s) = e {
                         if (400..500).contains(&s) && s != 408 && s != 429 {
                             batch.rejected += 1;
                             if batch.rejected >= MAX_REJECTED_ATTEMPTS {
@@ -370,7 +318,7 @@ impl Reporter {
                         self.failure_logged = true;
                         log::warn!(
                             "stardust: posting SkyWalking segments to {} failed ({e}); {} batch(es) kept for retry",
-                            self.oap.backends[self.oap.current],
+                            self.oap.0.server(),
                             self.retry.len()
                         );
                     }
@@ -442,7 +390,7 @@ impl Reporter {
                 log::log!(
                     level,
                     "stardust: SkyWalking reportProperties to {} failed ({e}); retrying at the next heartbeat",
-                    self.oap.backends[self.oap.current]
+                    self.oap.0.server()
                 );
             }
         }

@@ -6,19 +6,39 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-/// Largest reply body read; anything larger is a transport error.
-const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
-/// A call is not started with less time than this left before its deadline.
-pub(crate) const MIN_CALL_TIME: Duration = Duration::from_millis(20);
+use crate::report::failover::{FailoverClient, HttpError, Request};
+
+pub(crate) use crate::report::failover::MIN_CALL_TIME;
 
 /// Why a call did not succeed.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    /// Network failure, timeout, HTTP status ≥ 400, or a reply that is not a JSON envelope:
-    /// the data is kept and retried.
-    Transport(String),
+    /// The data is kept and retried: the server could not be reached or answered HTTP ≥ 400,
+    /// or the reply is not a JSON envelope (see [`Transport`]).
+    Transport(Transport),
     /// The server answered with a code other than 0/200.
     Business { code: i64, message: String },
+}
+
+/// The kinds of [`CallError::Transport`].
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// No reply, or an HTTP error status.
+    Http(HttpError),
+    /// A reply that is not a Stardust envelope (HTML, not JSON, not an object).
+    NotEnvelope(String),
+    /// A new login (after a 401) failed.
+    LoginFailed(Box<CallError>),
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Http(e) => write!(f, "{e}"),
+            Transport::NotEnvelope(m) => f.write_str(m),
+            Transport::LoginFailed(e) => write!(f, "login again failed: {e}"),
+        }
+    }
 }
 
 impl std::fmt::Display for CallError {
@@ -30,16 +50,21 @@ impl std::fmt::Display for CallError {
     }
 }
 
+impl CallError {
+    fn not_envelope(m: impl Into<String>) -> CallError {
+        CallError::Transport(Transport::NotEnvelope(m.into()))
+    }
+}
+
 pub(crate) enum Body<'a> {
     None,
     Json(&'a [u8]),
     Gzip(&'a [u8]),
 }
 
+/// The Stardust server's API over the reporters' [`FailoverClient`], with the token.
 pub(crate) struct Api {
-    agent: ureq::Agent,
-    servers: Vec<String>,
-    current: usize,
+    client: FailoverClient,
     pub token: Option<String>,
 }
 
@@ -49,56 +74,25 @@ impl Api {
         user_agent: &str,
         tls_roots: Option<Vec<ureq::tls::Certificate<'static>>>,
     ) -> Api {
-        let mut builder = ureq::Agent::config_builder();
-        if let Some(roots) = tls_roots {
-            builder = builder.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
-                    .build(),
-            );
-        }
-        let agent: ureq::Agent = builder
-            .http_status_as_error(false)
-            .user_agent(user_agent)
-            .accept("application/json")
-            .max_redirects(0)
-            .build()
-            .into();
         Api {
-            agent,
-            servers,
-            current: 0,
+            client: FailoverClient::new(servers, "Stardust server", user_agent, tls_roots),
             token: None,
         }
     }
 
-    /// The server calls currently go to (for log lines).
-    pub(crate) fn server(&self) -> &str {
-        &self.servers[self.current]
+    /// The server calls currently go to, credentials redacted (for log lines).
+    pub(crate) fn server(&self) -> std::borrow::Cow<'_, str> {
+        self.client.server()
     }
 
     /// The configured servers, credentials redacted, for log lines.
     pub(crate) fn servers_for_log(&self) -> String {
-        self.servers
-            .iter()
-            .map(|s| crate::util::url::redact_url(s))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.client.servers_for_log()
     }
 
-    /// Sends the next calls to the next server of the list (no-op with one server). For
-    /// failures that [`Api::call`] does not fail over on itself (HTTP errors, replies that are
-    /// not an envelope) when retrying against a deadline.
+    /// Sends the next calls to the next server (see [`FailoverClient::fail_over`]).
     pub(crate) fn fail_over(&mut self) {
-        let next = (self.current + 1) % self.servers.len().max(1);
-        if next != self.current {
-            log::debug!(
-                "stardust: {} failed; trying {} next",
-                crate::util::url::redact_url(&self.servers[self.current]),
-                crate::util::url::redact_url(&self.servers[next])
-            );
-            self.current = next;
-        }
+        self.client.fail_over();
     }
 
     /// One call: tries the current server, then the others on network errors (not on HTTP or
@@ -111,103 +105,29 @@ impl Api {
         timeout: Duration,
         deadline: Option<Instant>,
     ) -> Result<Value, CallError> {
-        let mut last = CallError::Transport("no server configured".into());
-        for _ in 0..self.servers.len() {
-            let mut t = timeout;
-            if let Some(d) = deadline {
-                let left = d.saturating_duration_since(Instant::now());
-                if left < MIN_CALL_TIME {
-                    return Err(CallError::Transport("out of time".into()));
-                }
-                t = t.min(left);
-            }
-            let url = format!("{}{}", self.servers[self.current], path);
-            match self.once(post, &url, &body, t) {
-                Err(Failure::Network(m)) => {
-                    let next = (self.current + 1) % self.servers.len();
-                    if next != self.current {
-                        log::warn!(
-                            "stardust: {} unreachable ({m}); failing over to {}",
-                            crate::util::url::redact_url(&self.servers[self.current]),
-                            crate::util::url::redact_url(&self.servers[next])
-                        );
-                    }
-                    self.current = next;
-                    last = CallError::Transport(m);
-                }
-                Err(Failure::Other(e)) => return Err(e),
-                Ok(v) => return Ok(v),
-            }
-        }
-        Err(last)
-    }
-
-    fn once(
-        &self,
-        post: bool,
-        url: &str,
-        body: &Body<'_>,
-        timeout: Duration,
-    ) -> Result<Value, Failure> {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let result = if post {
-            let mut req = self
-                .agent
-                .post(url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            match body {
-                Body::Gzip(bytes) => req
-                    .header("Content-Type", "application/x-gzip")
-                    .send(*bytes),
-                Body::Json(bytes) => req.header("Content-Type", "application/json").send(*bytes),
-                Body::None => req
-                    .header("Content-Type", "application/json")
-                    .send(&b"{}"[..]),
-            }
-        } else {
-            let mut req = self
-                .agent
-                .get(url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build();
-            if let Some(a) = &auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
+        let body = match body {
+            Body::Gzip(bytes) => Some((bytes, "application/x-gzip")),
+            Body::Json(bytes) => Some((bytes, "application/json")),
+            Body::None if post => Some((&b"{}"[..], "application/json")),
+            Body::None => None,
         };
-        let mut resp = result.map_err(|e| Failure::Network(describe(&e)))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY_BYTES)
-            .read_to_vec();
-        if status >= 400 {
-            return Err(Failure::Other(CallError::Transport(format!(
-                "HTTP {status}"
+        let reply = self
+            .client
+            .send(&Request {
+                body,
+                path,
+                authorization: auth.as_deref(),
+                timeout,
+                deadline,
+            })
+            .map_err(|e| CallError::Transport(Transport::Http(e)))?;
+        if reply.status >= 400 {
+            return Err(CallError::Transport(Transport::Http(HttpError::Status(
+                reply.status,
             ))));
         }
-        let bytes = bytes.map_err(|e| Failure::Other(CallError::Transport(describe(&e))))?;
-        parse_envelope(&bytes).map_err(Failure::Other)
-    }
-}
-
-enum Failure {
-    /// Could not talk to the server at all: try the next one.
-    Network(String),
-    Other(CallError),
-}
-
-fn describe(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        other => other.to_string(),
+        parse_envelope(&reply.body)
     }
 }
 
@@ -251,7 +171,7 @@ pub(crate) fn get_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
 /// the data is `data`, or the whole object when there is no `data` key.
 pub(crate) fn parse_envelope(bytes: &[u8]) -> Result<Value, CallError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|_| {
-        CallError::Transport(format!(
+        CallError::not_envelope(format!(
             "reply is not JSON ({} bytes{})",
             bytes.len(),
             if bytes.starts_with(b"<") {
@@ -262,7 +182,7 @@ pub(crate) fn parse_envelope(bytes: &[u8]) -> Result<Value, CallError> {
         ))
     })?;
     let Value::Object(obj) = &value else {
-        return Err(CallError::Transport("reply is not a JSON object".into()));
+        return Err(CallError::not_envelope("reply is not a JSON object"));
     };
     let code = ["code", "errcode", "status"]
         .iter()
@@ -327,7 +247,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(parse_envelope(b"<html>oops</html>"), Err(CallError::Transport(m)) if m.contains("HTML"))
+            matches!(parse_envelope(b"<html>oops</html>"), Err(CallError::Transport(m)) if m.to_string().contains("HTML"))
         );
         assert!(matches!(
             parse_envelope(b"[1,2]"),
@@ -339,30 +259,6 @@ mod tests {
             parse_envelope(deep.as_bytes()),
             Err(CallError::Transport(_))
         ));
-    }
-
-    #[test]
-    fn servers_are_logged_redacted_and_failed_over_in_turn() {
-        let mut api = Api::new(
-            vec![
-                "http://user:pw@a.example:1".into(),
-                "http://b.example:2".into(),
-            ],
-            "test",
-            None,
-        );
-        assert_eq!(
-            api.servers_for_log(),
-            "http://a.example:1, http://b.example:2"
-        );
-        assert_eq!(api.server(), "http://user:pw@a.example:1");
-        api.fail_over();
-        assert_eq!(api.server(), "http://b.example:2");
-        api.fail_over();
-        assert_eq!(api.server(), "http://user:pw@a.example:1");
-        let mut one = Api::new(vec!["http://c.example:3".into()], "test", None);
-        one.fail_over();
-        assert_eq!(one.server(), "http://c.example:3");
     }
 
     #[test]

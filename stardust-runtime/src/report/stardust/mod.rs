@@ -18,7 +18,7 @@ use crate::model::TraceModel;
 use crate::report::sink::Sink;
 use crate::settings::SETTINGS;
 
-use api::{Api, Body, CallError, get_ci, get_i64, get_str};
+use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
 
 /// Most reports kept for retry (two days of one-minute periods, as the .NET client).
 pub(crate) const MAX_QUEUE: usize = 2880;
@@ -167,7 +167,7 @@ impl StardustSink {
         self.next_ping = Some(Instant::now() + Duration::from_secs(3));
         log::info!(
             "stardust: logged in to {} as `{}`",
-            crate::util::url::redact_url(self.api.server()),
+            self.api.server(),
             self.app_id
         );
         Ok(())
@@ -190,7 +190,7 @@ impl StardustSink {
                 let wait = self.login_failed();
                 log::warn!(
                     "stardust: login to {} failed: {e}; retrying in {wait} s",
-                    crate::util::url::redact_url(self.api.server())
+                    self.api.server()
                 );
                 false
             }
@@ -225,7 +225,7 @@ impl StardustSink {
                 // A failed re-login is not the report's fault: keep the data (Transport).
                 if let Err(e) = self.login(deadline) {
                     self.login_failed();
-                    return Err(CallError::Transport(format!("login again failed: {e}")));
+                    return Err(CallError::Transport(Transport::LoginFailed(Box::new(e))));
                 }
                 self.api
                     .call(post, path, body_of(body), self.request_timeout, deadline)
@@ -426,7 +426,7 @@ impl StardustSink {
                     Err(e) => {
                         self.queue.push_front(model);
                         Some(match e {
-                            CallError::Transport(m) => m,
+                            CallError::Transport(m) => m.to_string(),
                             other => other.to_string(),
                         })
                     }
