@@ -86,10 +86,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         timeout_ms: config.slow_threshold.as_millis().min(i32::MAX as u128) as i32,
         max_tag_length: config.max_tag_length,
     });
-    SETTINGS.period_secs.store(
-        config.period.as_secs().clamp(1, 3600) as u32,
-        Ordering::Relaxed,
-    );
+    SETTINGS.set_period_secs(config.period.as_secs().clamp(1, 3600) as u32);
     SETTINGS.set_excludes(config.excludes.clone());
     mailbox::reset_dropped();
 

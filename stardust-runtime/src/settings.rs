@@ -1,5 +1,7 @@
 //! Sampling and reporting settings shared by the span hot path, the aggregator and the
-//! uploader. Values start from the `Config` and are replaced by what the server sends back.
+//! uploader. Values start from the `Config` (set by the composition root at `init`) and are
+//! replaced by what the server sends back (the Stardust reporter); everyone else reads them
+//! through these accessors.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -7,17 +9,17 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 pub(crate) struct Settings {
     /// Normal samples per builder per period; also how many root spans per name per period
     /// get TraceFlag 1.
-    pub max_samples: AtomicI32,
+    max_samples: AtomicI32,
     /// Error samples per builder per period.
-    pub max_errors: AtomicI32,
+    max_errors: AtomicI32,
     /// Spans slower than this (ms) are force-sampled; 0 disables.
-    pub timeout_ms: AtomicI32,
+    timeout_ms: AtomicI32,
     /// Tags are cut to this many characters; ≤ 0 disables tags.
-    pub max_tag_length: AtomicI32,
+    max_tag_length: AtomicI32,
     /// Report period, seconds.
-    pub period_secs: AtomicU32,
+    period_secs: AtomicU32,
     /// Builder-name wildcard patterns dropped at report time.
-    pub excludes: Mutex<Vec<String>>,
+    excludes: Mutex<Vec<String>>,
 }
 
 pub(crate) static SETTINGS: Settings = Settings {
@@ -39,6 +41,39 @@ pub(crate) struct Snapshot {
 }
 
 impl Settings {
+    /// Normal samples per builder per period (and root spans flagged per name per period).
+    #[inline]
+    pub(crate) fn max_samples(&self) -> i32 {
+        self.max_samples.load(Ordering::Relaxed)
+    }
+
+    /// The report period, seconds (at least 1).
+    pub(crate) fn period_secs(&self) -> u32 {
+        self.period_secs.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Sets the report period (clamped to 1 s ..= 1 h); the aggregator re-arms its next cut.
+    pub(crate) fn set_period_secs(&self, secs: u32) {
+        self.period_secs
+            .store(secs.clamp(1, 3600), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_max_samples(&self, n: i32) {
+        self.max_samples.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_max_errors(&self, n: i32) {
+        self.max_errors.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_timeout_ms(&self, ms: i32) {
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_max_tag_length(&self, n: i32) {
+        self.max_tag_length.store(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             max_samples: self.max_samples.load(Ordering::Relaxed),

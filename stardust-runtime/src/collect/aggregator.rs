@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -112,7 +111,7 @@ impl Aggregator {
             first_delay,
             next_cut: None,
             last_cut: None,
-            period_secs: SETTINGS.period_secs.load(Ordering::Relaxed).max(1),
+            period_secs: SETTINGS.period_secs(),
             overflow_logged: false,
         }
     }
@@ -162,7 +161,7 @@ impl Aggregator {
                 None => {
                     if self.next_cut.is_some_and(|at| Instant::now() >= at) {
                         self.cut(None);
-                        self.period_secs = SETTINGS.period_secs.load(Ordering::Relaxed).max(1);
+                        self.period_secs = SETTINGS.period_secs();
                         let now = Instant::now();
                         self.last_cut = Some(now);
                         self.next_cut = Some(now + Duration::from_secs(self.period_secs as u64));
@@ -202,7 +201,7 @@ impl Aggregator {
     /// was due sooner anyway. So a shorter period takes effect at once, not one old period
     /// later.
     fn follow_period(&mut self) {
-        let secs = SETTINGS.period_secs.load(Ordering::Relaxed).max(1);
+        let secs = SETTINGS.period_secs();
         if secs == self.period_secs {
             return;
         }

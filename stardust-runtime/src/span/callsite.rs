@@ -40,7 +40,7 @@ impl Callsite {
     /// Counts a root span start; true while fewer than `MaxSamples` started this period.
     #[inline]
     pub(crate) fn take_flag(&self) -> bool {
-        let max = SETTINGS.max_samples.load(Ordering::Relaxed).max(0) as u32;
+        let max = SETTINGS.max_samples().max(0) as u32;
         let epoch = crate::state::epoch();
         let mut s = self.state.load(Ordering::Relaxed);
         if (s >> 32) as u32 == epoch && (s as u32) >= max {
@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn first_max_samples_starts_per_period_get_the_flag() {
         let cs = Callsite::new("t");
-        let max = SETTINGS.max_samples.load(Ordering::Relaxed);
+        let max = SETTINGS.max_samples();
         let flagged = (0..10).filter(|_| cs.take_flag()).count();
         assert_eq!(flagged as i32, max.min(10));
         crate::state::advance_epoch();

@@ -6,7 +6,6 @@ mod api;
 mod procinfo;
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
@@ -16,7 +15,7 @@ use crate::clock;
 use crate::delivery::{FlushOutcome, Undelivered};
 use crate::model::TraceModel;
 use crate::report::sink::Sink;
-use crate::settings::SETTINGS;
+use crate::settings::{SETTINGS, Settings};
 
 use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
 
@@ -495,25 +494,23 @@ pub(crate) fn apply_trace_response(reply: &Value) -> Vec<String> {
     let Value::Object(data) = reply else {
         return clamped;
     };
-    let mut set = |key: &str, max: i64, target: &std::sync::atomic::AtomicI32| {
+    let mut set = |key: &str, max: i64, target: fn(&Settings, i32)| {
         if let Some(v) = get_i64(data, key).filter(|v| *v > 0) {
             if v > max {
                 clamped.push(format!("{key}={v}"));
             }
-            target.store(v.min(max) as i32, Ordering::Relaxed);
+            target(&SETTINGS, v.min(max) as i32);
         }
     };
-    set("maxSamples", 1000, &SETTINGS.max_samples);
-    set("maxErrors", 1000, &SETTINGS.max_errors);
-    set("timeout", 3_600_000, &SETTINGS.timeout_ms);
-    set("maxTagLength", 64 * 1024, &SETTINGS.max_tag_length);
+    set("maxSamples", 1000, Settings::set_max_samples);
+    set("maxErrors", 1000, Settings::set_max_errors);
+    set("timeout", 3_600_000, Settings::set_timeout_ms);
+    set("maxTagLength", 64 * 1024, Settings::set_max_tag_length);
     if let Some(p) = get_i64(data, "period").filter(|v| *v > 0) {
         if p > 3600 {
             clamped.push(format!("period={p}"));
         }
-        SETTINGS
-            .period_secs
-            .store(p.clamp(1, 3600) as u32, Ordering::Relaxed);
+        SETTINGS.set_period_secs(p.clamp(1, 3600) as u32);
     }
     let excludes = match get_ci(data, "excludes") {
         Some(Value::Array(items)) => {
@@ -543,13 +540,13 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
         return;
     };
     let saved = SETTINGS.snapshot();
-    let saved_period = SETTINGS.period_secs.load(Ordering::Relaxed);
+    let saved_period = SETTINGS.period_secs();
     let saved_excludes = SETTINGS.excludes();
     apply_trace_response(&value);
     let after = SETTINGS.snapshot();
     assert!((1..=1000).contains(&after.max_samples) || after.max_samples == saved.max_samples);
     assert!(after.max_tag_length <= 64 * 1024 || after.max_tag_length == saved.max_tag_length);
-    assert!((1..=3600).contains(&SETTINGS.period_secs.load(Ordering::Relaxed)));
+    assert!((1..=3600).contains(&SETTINGS.period_secs()));
     assert!(SETTINGS.excludes().len() <= MAX_EXCLUDES);
     let saved_offset = clock::server_offset_ms();
     if let Value::Object(o) = &value {
@@ -563,7 +560,7 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
     }
     clock::set_server_offset_ms(saved_offset);
     SETTINGS.restore(saved);
-    SETTINGS.period_secs.store(saved_period, Ordering::Relaxed);
+    SETTINGS.set_period_secs(saved_period);
     SETTINGS.set_excludes(saved_excludes);
 }
 
