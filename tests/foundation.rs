@@ -444,3 +444,56 @@ fn arguments_are_never_captured_unless_a_tag_asks() {
         "tag cut to MaxTagLength characters"
     );
 }
+
+/// Panics when dropped (a user's destructor gone wrong).
+struct PanicOnDrop;
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("destructor panicked");
+    }
+}
+
+#[trace("e2e/holds_a_bad_destructor")]
+async fn holds_a_bad_destructor() {
+    let _bad = PanicOnDrop;
+    let _inner = stardust_runtime::span("e2e/open_across_await");
+    Yield(false).await;
+}
+
+/// A future dropped mid-way whose destructor panics: the panic reaches the caller, the span
+/// is recorded as `panicked`, and the thread's span stack is left as it was (nothing of the
+/// future's stays current).
+#[test]
+fn a_panicking_destructor_leaves_the_stack_whole() {
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard =
+        stardust_runtime::init_with(Config::new().console(false).reporter(capture)).unwrap();
+    let root = stardust_runtime::span("e2e/root_of_bad_future");
+    let root_id = root.span_id().unwrap();
+    let waker = Waker::from(Arc::new(NoopWake));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = Box::pin(holds_a_bad_destructor());
+    assert!(f.as_mut().poll(&mut cx).is_pending());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(f)));
+    assert!(
+        dropped.is_err(),
+        "the destructor's panic reaches the caller"
+    );
+    assert_eq!(
+        stardust_runtime::current_span_id(),
+        Some(root_id),
+        "the future's spans are off the stack"
+    );
+    drop(root);
+    assert!(stardust_runtime::current_span_id().is_none());
+    assert!(guard.flush().is_ok());
+    let by = merged(&common::drain(&rx));
+    let bad = &by["e2e/holds_a_bad_destructor"];
+    assert_eq!((bad.total, bad.errors), (1, 1));
+    assert_eq!(
+        bad.error_samples.as_ref().unwrap()[0].error.as_deref(),
+        Some("panicked")
+    );
+    assert_eq!(by["e2e/root_of_bad_future"].total, 1);
+}
