@@ -1196,3 +1196,46 @@ fn concurrent_calls_survive_three_failing_periods() {
     assert_eq!(fake.logouts().len(), 1);
     assert_clean(&fake, Some(SECRET));
 }
+
+/// A failed login is retried on its own schedule (5 s later): a report that arrives meanwhile
+/// waits in the queue instead of logging in again at once (it used to, 10 ms later).
+#[test]
+fn failed_login_is_not_retried_before_its_backoff() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    fake.push_fault(On::Login, Fault::status(500));
+    let guard = start(config(&fake).first_report_delay(Duration::from_millis(300)));
+    calls(3, 1);
+    // The first login fails at start; the first report comes ~300 ms later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let logins: Vec<Instant> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::Login)
+        .map(|r| r.received_instant)
+        .collect();
+    assert_eq!(logins.len(), 1, "one login so far, the backoff is 5 s");
+    // The retry comes after the backoff and delivers the queued report.
+    wait_totals(
+        &fake,
+        &BTreeMap::from([
+            ("proto/ok".to_owned(), (3, 0)),
+            ("proto/fail".to_owned(), (1, 1)),
+        ]),
+        Duration::from_secs(10),
+    );
+    let logins: Vec<Instant> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::Login)
+        .map(|r| r.received_instant)
+        .collect();
+    assert!(logins.len() >= 2);
+    let gap = logins[1].duration_since(logins[0]);
+    assert!(
+        gap >= Duration::from_millis(4500),
+        "second login {gap:?} after the first"
+    );
+    drop(guard);
+    fake.assert_no_violations();
+}

@@ -544,3 +544,31 @@ use proc_macro::TokenStream;
 pub fn trace(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::trace(args.into(), item.into()).into()
 }
+
+/// Expands to the time the calling crate is compiled, as Unix milliseconds (UTC), an `i64`
+/// literal; `SOURCE_DATE_EPOCH` (seconds), when set, is used instead, for reproducible
+/// builds. `stardust_runtime::config!()` sends it as the application's build time
+/// (`Compile`). Not for direct use.
+#[doc(hidden)]
+#[proc_macro]
+pub fn build_time_ms(input: TokenStream) -> TokenStream {
+    if !input.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "build_time_ms!() takes no arguments",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let from_env = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .map(|secs| secs.saturating_mul(1000));
+    let ms = from_env.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    });
+    let lit = proc_macro2::Literal::i64_suffixed(ms);
+    quote::quote!(#lit).into()
+}

@@ -51,6 +51,9 @@ pub struct Config {
     pub(crate) secret: Option<String>,
     pub(crate) app_name: Option<String>,
     pub(crate) version: Option<String>,
+    /// The calling crate's name, version and build time (`config!()`), used where
+    /// `app_name`/`version` are not set.
+    pub(crate) application: Option<Application>,
     pub(crate) period: Duration,
     pub(crate) first_report_delay: Duration,
     pub(crate) max_samples: i32,
@@ -67,8 +70,54 @@ pub struct Config {
     /// PEM of the certificate authorities trusted for `https://` servers (replaces the
     /// built-in web roots when set).
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
+    /// Send process metrics (CPU, memory, threads, handles) in pings.
+    pub(crate) process_metrics: bool,
     #[cfg(feature = "skywalking")]
     pub(crate) skywalking: crate::report::skywalking::SwConfig,
+}
+
+/// The calling crate as [`Config::application`] records it.
+#[derive(Clone, Debug)]
+pub(crate) struct Application {
+    pub name: String,
+    pub version: String,
+    pub build_unix_ms: i64,
+}
+
+/// The longest `Version` the server stores (its column; longer is a `{code:500}`).
+const MAX_VERSION_UNITS: usize = 50;
+
+/// `version` as a .NET `System.Version` string, as the server parses it: 2 to 4 dot-separated
+/// non-negative integers of at most `i32::MAX`, 50 characters at most. A leading `v`, a
+/// prerelease (`-rc.1`) and build metadata (`+g1a2b`) are dropped; a single number gets `.0`;
+/// parts past the fourth, or past the first that is not a number, are dropped. `None` when no
+/// number is left.
+pub(crate) fn normalize_version(version: &str) -> Option<String> {
+    let v = version.trim();
+    let v = v.strip_prefix(['v', 'V']).unwrap_or(v);
+    let v = v.split(['-', '+', ' ']).next().unwrap_or("");
+    let mut parts: Vec<String> = Vec::new();
+    for p in v.split('.') {
+        if parts.len() == 4 || p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            break;
+        }
+        let n: u64 = p.parse().unwrap_or(u64::MAX);
+        if n > i32::MAX as u64 {
+            break;
+        }
+        parts.push(n.to_string());
+    }
+    match parts.len() {
+        0 => return None,
+        1 => parts.push("0".to_owned()),
+        _ => {}
+    }
+    let mut out = parts.join(".");
+    while out.len() > MAX_VERSION_UNITS && parts.len() > 2 {
+        parts.pop();
+        out = parts.join(".");
+    }
+    (out.len() <= MAX_VERSION_UNITS).then_some(out)
 }
 
 /// Upper bound of the delays and timeouts a `Config` takes (longer values are clamped).
@@ -93,6 +142,7 @@ impl Config {
             secret: None,
             app_name: None,
             version: None,
+            application: None,
             period: Duration::from_secs(60),
             first_report_delay: Duration::from_secs(5),
             max_samples: 1,
@@ -106,6 +156,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             tls_ca_pem: None,
+            process_metrics: true,
             #[cfg(feature = "skywalking")]
             skywalking: Default::default(),
         }
@@ -202,9 +253,33 @@ impl Config {
         self
     }
 
-    /// Application version, dotted numeric (e.g. `1.2.0`).
+    /// Application version (e.g. `1.2.0`), sent as the instance's version. The server needs a
+    /// .NET `System.Version` (2 to 4 numeric parts): any other form is reduced to one
+    /// (`v1.4.0-rc.2+g1a2b` → `1.4.0`, `7` → `7.0`), with one log line. Overrides the crate
+    /// version [`config!`](crate::config!) gives; `StarVersion` overrides both.
     pub fn version(mut self, version: impl Into<String>) -> Config {
         self.version = Some(version.into());
+        self
+    }
+
+    /// The application's name, version and build time (Unix ms, UTC), as
+    /// [`config!`](crate::config!) and [`init!`](crate::init!) capture them from the calling
+    /// crate. The name is the display name unless [`app_name`](Config::app_name) or
+    /// `StarAppName` is set; the version is used unless [`version`](Config::version) or
+    /// `StarVersion` is set; the build time is sent as `Compile` at login, so the server keeps
+    /// the newest build's version. Never pass "now" as the build time: a restart of an older
+    /// build would then look newer.
+    pub fn application(
+        mut self,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        build_unix_ms: i64,
+    ) -> Config {
+        self.application = Some(Application {
+            name: name.into(),
+            version: version.into(),
+            build_unix_ms,
+        });
         self
     }
 
@@ -289,6 +364,15 @@ impl Config {
         self
     }
 
+    /// Sends the process's metrics (CPU time and usage, resident memory, threads, open
+    /// handles; read from `/proc` on Linux) in every ping (default on). Off, or on a system
+    /// without `/proc`, pings carry only the process's identity, and the server shows the
+    /// metrics as 0.
+    pub fn process_metrics(mut self, on: bool) -> Config {
+        self.process_metrics = on;
+        self
+    }
+
     /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
     /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
     /// the Stardust server. See [`skywalking`](crate::report::skywalking).
@@ -346,6 +430,15 @@ impl Config {
                     "the application id is empty",
                 ));
             }
+            let units = crate::util::text::utf16_len(id);
+            if units > 50 {
+                return Err(ConfigError::new(
+                    self.app_id_from,
+                    format!(
+                        "the application id `{id}` is {units} characters long; the server takes at most 50"
+                    ),
+                ));
+            }
         }
         #[cfg(feature = "skywalking")]
         for b in &self.skywalking.backends {
@@ -388,6 +481,7 @@ impl fmt::Debug for Config {
         .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
         .field("app_name", &self.app_name)
         .field("version", &self.version)
+        .field("application", &self.application)
         .field("period", &self.period)
         .field("first_report_delay", &self.first_report_delay)
         .field("max_samples", &self.max_samples)
@@ -400,7 +494,8 @@ impl fmt::Debug for Config {
         .field("handoff_capacity", &self.handoff_capacity)
         .field("shutdown_timeout", &self.shutdown_timeout)
         .field("request_timeout", &self.request_timeout)
-        .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()));
+        .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
+        .field("process_metrics", &self.process_metrics);
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()
@@ -474,9 +569,33 @@ mod tests {
         assert!(e.to_string().contains("`localhost:6600`"), "{e}");
         let e = Config::new().app_id(" ").validate().unwrap_err();
         assert_eq!(e.setting(), "Config::app_id");
+        let e = Config::new()
+            .with_vars([("StarAppId".to_owned(), "x".repeat(51))])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting(), "StarAppId");
+        assert!(e.problem().contains("at most 50"), "{e}");
         let ok = Config::new().servers(["http://a:1/", "https://b"]);
         assert_eq!(ok.servers, ["http://a:1", "https://b"]);
         assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn versions_become_dotnet_versions() {
+        for (given, sent) in [
+            ("1.2.3", Some("1.2.3")),
+            ("1.4.0-rc.2+g1a2b", Some("1.4.0")),
+            ("v1.2", Some("1.2")),
+            ("V3.10.2026.0801", Some("3.10.2026.801")),
+            ("7", Some("7.0")),
+            ("1.2.3.4.5", Some("1.2.3.4")),
+            ("1..2", Some("1.0")),
+            ("1.2.3.2150000000", Some("1.2.3")),
+            ("beta", None),
+            ("", None),
+        ] {
+            assert_eq!(normalize_version(given).as_deref(), sent, "{given}");
+        }
     }
 
     #[test]

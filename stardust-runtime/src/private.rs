@@ -6,6 +6,7 @@ use std::future::Future;
 pub use crate::span::callsite::Callsite;
 pub use crate::span::future::Instrumented;
 pub use crate::span::guard::SpanGuard;
+pub use stardust_runtime_macros::build_time_ms;
 
 /// Opens the span of a sync `#[trace]` function.
 #[inline]

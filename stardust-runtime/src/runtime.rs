@@ -90,14 +90,15 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     SETTINGS.set_excludes(config.excludes.clone());
     mailbox::reset_dropped();
 
+    let application = config.application.as_ref();
     let identity = Identity {
         app_id: config.app_id.clone().unwrap_or_else(host::process_name),
-        app_name: config.app_name.clone(),
-        client_id: format!("{}@{}", host::primary_ipv4(), std::process::id()),
-        version: config
-            .version
+        app_name: config
+            .app_name
             .clone()
-            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+            .or_else(|| application.map(|a| a.name.clone())),
+        client_id: format!("{}@{}", host::primary_ipv4(), std::process::id()),
+        version: application_version(&config),
     };
 
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -142,6 +143,8 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             app_name: identity.app_name.clone(),
             secret: config.secret.clone(),
             version: identity.version.clone(),
+            compile_ms: config.application.as_ref().map(|a| a.build_unix_ms),
+            process_metrics: config.process_metrics,
             client_id: identity.client_id.clone(),
             request_timeout: config.request_timeout,
         })));
@@ -204,6 +207,27 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         skywalking,
     });
     Ok(Guard { _private: () })
+}
+
+/// The version sent to the server: `StarVersion`/[`Config::version`], else the crate's
+/// ([`config!`](crate::config!)), as a .NET `System.Version`; one log line when it had to be
+/// changed. `None` (no version sent) when none is known or none has a number.
+fn application_version(config: &Config) -> Option<String> {
+    let given = config
+        .version
+        .clone()
+        .or_else(|| config.application.as_ref().map(|a| a.version.clone()))?;
+    let sent = crate::config::normalize_version(&given);
+    match &sent {
+        Some(v) if *v != given => log::info!(
+            "stardust: version `{given}` is sent as `{v}` (the server needs a .NET System.Version: 2 to 4 numbers)"
+        ),
+        Some(_) => {}
+        None => log::warn!(
+            "stardust: version `{given}` has no number the server could read; no version is sent"
+        ),
+    }
+    sent
 }
 
 /// Cuts the current period now: every span finished before this call (on any thread whose

@@ -53,7 +53,8 @@ pub(crate) struct Identity {
     pub app_id: String,
     pub app_name: Option<String>,
     pub client_id: String,
-    pub version: String,
+    /// The application's version, when known (`None`: not sent).
+    pub version: Option<String>,
 }
 
 /// Sees every finished span before it is aggregated (the SkyWalking segment assembler).
@@ -340,7 +341,7 @@ impl Aggregator {
             app_id: self.identity.app_id.clone(),
             app_name: self.identity.app_name.clone(),
             client_id: Some(self.identity.client_id.clone()),
-            version: Some(self.identity.version.clone()),
+            version: self.identity.version.clone(),
             builders,
         })
     }

@@ -2,4 +2,5 @@
 
 pub(crate) mod hash;
 pub(crate) mod host;
+pub(crate) mod text;
 pub(crate) mod url;

@@ -16,6 +16,7 @@ use crate::delivery::{FlushOutcome, Undelivered};
 use crate::model::TraceModel;
 use crate::report::sink::Sink;
 use crate::settings::{SETTINGS, Settings};
+use crate::util::text::cut_utf16;
 
 use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
 
@@ -23,6 +24,9 @@ use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
 pub(crate) const MAX_QUEUE: usize = 2880;
 /// JSON longer than this goes gzip-compressed to `/Trace/ReportRaw`.
 const RAW_THRESHOLD: usize = 1024;
+/// The server's common string column: 50 UTF-16 units (AppId, AppName, ClientId, Version,
+/// UserName, MachineName, event names).
+pub(crate) const COLUMN: usize = 50;
 /// Most exclude patterns taken from a reply.
 const MAX_EXCLUDES: usize = 1000;
 /// First pause between two attempts of a flush or shutdown; it doubles up to `RETRY_MAX`.
@@ -36,7 +40,12 @@ pub(crate) struct StardustOptions {
     pub app_id: String,
     pub app_name: Option<String>,
     pub secret: Option<String>,
-    pub version: String,
+    /// The application's version (`None`: not sent).
+    pub version: Option<String>,
+    /// The application's build time, Unix ms UTC, sent as `Compile` at login.
+    pub compile_ms: Option<i64>,
+    /// Process metrics in pings (`Config::process_metrics`).
+    pub process_metrics: bool,
     pub client_id: String,
     pub request_timeout: Duration,
     /// Trusted CA certificates for `https://` servers; `None`: the built-in web roots.
@@ -48,7 +57,8 @@ pub(crate) struct StardustSink {
     app_id: String,
     app_name: Option<String>,
     secret: Option<String>,
-    version: String,
+    version: Option<String>,
+    compile_ms: Option<i64>,
     client_id: String,
     ips: String,
     request_timeout: Duration,
@@ -81,6 +91,7 @@ impl StardustSink {
             app_name: o.app_name,
             secret: o.secret,
             version: o.version,
+            compile_ms: o.compile_ms,
             client_id: o.client_id,
             ips,
             request_timeout: o.request_timeout,
@@ -93,7 +104,7 @@ impl StardustSink {
             next_drain: None,
             queue_dropped: 0,
             clamp_logged: false,
-            proc: procinfo::ProcSampler::new(),
+            proc: procinfo::ProcSampler::new(o.process_metrics),
         }
     }
 
@@ -134,11 +145,16 @@ impl StardustSink {
             "AppId": self.app_id,
             "Code": self.app_id,
             "ClientId": self.client_id,
-            "AppName": self.app_name,
+            // Columns of 50 UTF-16 units on the server: longer is a `{code:500}`.
+            "AppName": self.app_name.as_deref().map(|n| cut_utf16(n, COLUMN)),
             "Version": self.version,
             "Time": clock::unix_ms_now(),
             "IP": self.ips,
         });
+        if let Some(ms) = self.compile_ms {
+            // The build time: the server keeps the version of the newest build.
+            body["Compile"] = Value::from(ms);
+        }
         if let Some(secret) = &self.secret {
             body["Secret"] = Value::String(Self::salted_secret(secret));
         }
@@ -237,7 +253,7 @@ impl StardustSink {
         let sent = Self::local_ms();
         let info = self
             .proc
-            .sample(&self.version, &self.ips, clock::unix_ms_now());
+            .sample(self.version.as_deref(), &self.ips, clock::unix_ms_now());
         let body = serde_json::to_vec(&info).expect("JSON of plain values");
         match self.authed(true, "/App/Ping", &body, false, None) {
             Ok(data) => {
@@ -292,9 +308,14 @@ impl StardustSink {
 
     /// Reports `model`, or keeps it for later when the server cannot take it now.
     fn deliver(&mut self, model: &TraceModel, deadline: Option<Instant>) -> bool {
-        if !self.logged_in && !self.try_login(deadline) {
-            self.enqueue(model);
-            return false;
+        if !self.logged_in {
+            // In the background a failed login is retried on its own schedule (5 s, +5 s per
+            // failure): a report arriving meanwhile waits in the queue instead of trying at once.
+            let backing_off = deadline.is_none() && Instant::now() < self.next_login;
+            if backing_off || !self.try_login(deadline) {
+                self.enqueue(model);
+                return false;
+            }
         }
         match self.upload(model, deadline) {
             Ok(reply) => {
