@@ -61,8 +61,9 @@ async fn fetch_all() -> u32 {
 }
 
 fn main() {
-    // No server configured: the embedded console reporter prints the table.
-    let guard = stardust_runtime::init().expect("stardust init");
+    // No server configured: the embedded console reporter prints the table. `init!()` also
+    // knows this crate's name, version and build time (what a Stardust server shows).
+    let guard = stardust_runtime::init!().expect("stardust init");
 
     // Sync calls on this thread: 20 orders, 2 of them invalid.
     let failures = (1..=20).filter(|&id| create_order(id).is_err()).count();
