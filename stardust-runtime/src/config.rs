@@ -72,6 +72,8 @@ pub struct Config {
     pub(crate) tls_ca_pem: Option<Vec<u8>>,
     /// Send process metrics (CPU, memory, threads, handles) in pings.
     pub(crate) process_metrics: bool,
+    /// Without a `log` logger, print problems to stderr.
+    pub(crate) stderr_diagnostics: bool,
     #[cfg(feature = "skywalking")]
     pub(crate) skywalking: crate::report::skywalking::SwConfig,
 }
@@ -157,6 +159,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             tls_ca_pem: None,
             process_metrics: true,
+            stderr_diagnostics: true,
             #[cfg(feature = "skywalking")]
             skywalking: Default::default(),
         }
@@ -373,6 +376,16 @@ impl Config {
         self
     }
 
+    /// When no `log` logger is installed, the runtime's warnings and errors (server unreachable,
+    /// login refused, not a Stardust server, spans dropped, data lost at shutdown) are also
+    /// printed to stderr, once per condition (repeated at most every 5 minutes, with a count)
+    /// and with a hint of what to check. Default on; `false` turns that off. With a logger
+    /// installed they only go to the logger.
+    pub fn stderr_diagnostics(mut self, on: bool) -> Config {
+        self.stderr_diagnostics = on;
+        self
+    }
+
     /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
     /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
     /// the Stardust server. See [`skywalking`](crate::report::skywalking).
@@ -495,7 +508,8 @@ impl fmt::Debug for Config {
         .field("shutdown_timeout", &self.shutdown_timeout)
         .field("request_timeout", &self.request_timeout)
         .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
-        .field("process_metrics", &self.process_metrics);
+        .field("process_metrics", &self.process_metrics)
+        .field("stderr_diagnostics", &self.stderr_diagnostics);
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()

@@ -78,6 +78,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         return Err(InitError::AlreadyInitialized);
     }
     config.validate().map_err(InitError::InvalidConfig)?;
+    crate::util::diag::set_stderr_fallback(config.stderr_diagnostics);
     clock::init();
     clock::set_server_offset_ms(0);
     SETTINGS.restore(Snapshot {
@@ -320,9 +321,14 @@ fn shutdown() {
             let _ = t.join();
         }
     } else {
-        log::warn!(
-            "stardust: shutdown did not finish within {:?} (a reporter was still busy, e.g. with a call started before the shutdown, which only the request timeout bounds); what it had not delivered is lost; background threads left to end on their own",
-            running.shutdown_timeout
+        crate::util::diag::report(
+            log::Level::Warn,
+            "shutdown-timeout",
+            &format!(
+                "shutdown did not finish within {:?}: a reporter was still busy (e.g. with a call started before the shutdown, which only the request timeout bounds); what it had not delivered is lost; background threads left to end on their own",
+                running.shutdown_timeout
+            ),
+            "keep Config::request_timeout below Config::shutdown_timeout",
         );
     }
     // The assembler handed its last segments over in the aggregator's shutdown; the reporter
@@ -333,6 +339,11 @@ fn shutdown() {
     }
     let dropped = mailbox::dropped();
     if dropped > 0 {
-        log::warn!("stardust: {dropped} spans were dropped because the aggregator fell behind");
+        crate::util::diag::report(
+            log::Level::Warn,
+            "dropped-at-shutdown",
+            &format!("{dropped} spans were dropped because the aggregator fell behind"),
+            "a larger Config::handoff_capacity absorbs longer bursts",
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Small utilities with no dependency on the rest of the runtime.
 
+pub(crate) mod diag;
 pub(crate) mod hash;
 pub(crate) mod host;
 pub(crate) mod text;

@@ -14,8 +14,10 @@ use serde_json::{Map, Value, json};
 use crate::clock;
 use crate::delivery::{FlushOutcome, Undelivered};
 use crate::model::TraceModel;
+use crate::report::failover::HttpError;
 use crate::report::sink::Sink;
 use crate::settings::{SETTINGS, Settings};
+use crate::util::diag;
 use crate::util::text::cut_utf16;
 
 use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
@@ -24,6 +26,16 @@ use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
 pub(crate) const MAX_QUEUE: usize = 2880;
 /// JSON longer than this goes gzip-compressed to `/Trace/ReportRaw`.
 const RAW_THRESHOLD: usize = 1024;
+/// Conditions that clear once a login succeeds.
+const CONNECTION_CONDITIONS: &[&str] = &[
+    "server-slow",
+    "server-unreachable",
+    "not-stardust",
+    "server-error",
+    "login-refused",
+    "server-refused",
+];
+
 /// The server's common string column: 50 UTF-16 units (AppId, AppName, ClientId, Version,
 /// UserName, MachineName, event names).
 pub(crate) const COLUMN: usize = 50;
@@ -179,6 +191,7 @@ impl StardustSink {
         }
         self.logged_in = true;
         self.login_failures = 0;
+        diag::clear(CONNECTION_CONDITIONS);
         self.next_ping = Some(Instant::now() + Duration::from_secs(3));
         log::info!(
             "stardust: logged in to {} as `{}`",
@@ -203,9 +216,15 @@ impl StardustSink {
             Ok(()) => true,
             Err(e) => {
                 let wait = self.login_failed();
-                log::warn!(
-                    "stardust: login to {} failed: {e}; retrying in {wait} s",
-                    self.api.server()
+                let (key, hint) = self.diagnose(&e, true);
+                diag::report(
+                    log::Level::Warn,
+                    key,
+                    &format!(
+                        "login to {} failed: {e}; retrying in {wait} s",
+                        self.api.server()
+                    ),
+                    &hint,
                 );
                 false
             }
@@ -276,7 +295,10 @@ impl StardustSink {
                 self.logged_in = false;
                 self.next_login = Instant::now();
             }
-            Err(e) => log::warn!("stardust: ping failed: {e}"),
+            Err(e) => {
+                let (key, hint) = self.diagnose(&e, false);
+                diag::report(log::Level::Warn, key, &format!("ping failed: {e}"), &hint);
+            }
         }
     }
 
@@ -322,10 +344,20 @@ impl StardustSink {
                 self.apply(&reply);
                 true
             }
-            Err(CallError::Transport(m)) => {
-                log::warn!(
-                    "stardust: report failed ({m}); kept for retry ({} queued)",
-                    self.queue.len() + 1
+            Err(e @ CallError::Transport(_)) => {
+                let (key, hint) = self.diagnose(&e, false);
+                let CallError::Transport(m) = e else {
+                    unreachable!("matched above")
+                };
+                diag::report(
+                    log::Level::Warn,
+                    key,
+                    &format!(
+                        "report to {} failed ({m}); kept for retry ({} queued)",
+                        self.api.server(),
+                        self.queue.len() + 1
+                    ),
+                    &hint,
                 );
                 self.enqueue(model);
                 false
@@ -338,9 +370,14 @@ impl StardustSink {
                 false
             }
             Err(CallError::Business { code, message }) => {
-                log::error!(
-                    "stardust: server refused a report ({code}: {message}); {} operations dropped",
-                    model.builders.len()
+                diag::report(
+                    log::Level::Error,
+                    "report-refused",
+                    &format!(
+                        "the server refused a report ({code}: {message}); {} operations dropped",
+                        model.builders.len()
+                    ),
+                    "the server's log says why; an operation name or tag it cannot store is a common cause",
                 );
                 true
             }
@@ -472,6 +509,45 @@ impl StardustSink {
             None
         } else {
             Some(last_error.unwrap_or_else(|| "out of time".to_owned()))
+        }
+    }
+
+    /// The condition a failed call stands for, and what a user should check (for the log and
+    /// the stderr fallback, [`diag`]).
+    fn diagnose(&self, e: &CallError, login: bool) -> (&'static str, String) {
+        let servers = self.api.servers_for_log();
+        match e {
+            CallError::Transport(Transport::Http(HttpError::Unreachable(ureq::Error::Timeout(_)))) => (
+                "server-slow",
+                format!(
+                    "no answer within request_timeout: is the Stardust server at {servers} overloaded, or is StarServer pointing at something that never answers?"
+                ),
+            ),
+            CallError::Transport(Transport::Http(HttpError::Unreachable(_))) => (
+                "server-unreachable",
+                format!(
+                    "is the Stardust server running, and is StarServer ({servers}) the right address?"
+                ),
+            ),
+            CallError::Transport(Transport::Http(HttpError::Status(404 | 405 | 501)))
+            | CallError::Transport(Transport::NotEnvelope(_)) => (
+                "not-stardust",
+                format!(
+                    "{servers} does not answer like a Stardust server: StarServer must be its base URL (e.g. http://star:6600), not a web page or another service"
+                ),
+            ),
+            CallError::Transport(_) => (
+                "server-error",
+                "reports are kept and retried; the server's log says why it failed".to_owned(),
+            ),
+            CallError::Business { .. } if login => (
+                "login-refused",
+                "check StarAppId and StarSecret; the application may be disabled in the Stardust web UI".to_owned(),
+            ),
+            CallError::Business { .. } => (
+                "server-refused",
+                "the server's log says why".to_owned(),
+            ),
         }
     }
 
@@ -673,9 +749,14 @@ impl Sink for StardustSink {
             self.next_drain = Some(Instant::now() + Duration::from_secs(5));
         }
         let left = Undelivered::of(&self.queue);
-        log::warn!(
-            "stardust: flush deadline passed: {left} not delivered yet to {}; kept for retry (last error: {error})",
-            self.api.servers_for_log()
+        diag::report(
+            log::Level::Warn,
+            "flush-timeout",
+            &format!(
+                "flush deadline passed: {left} not delivered yet to {}; kept for retry (last error: {error})",
+                self.api.servers_for_log()
+            ),
+            "",
         );
         FlushOutcome::TimedOut(left)
     }
@@ -692,9 +773,14 @@ impl Sink for StardustSink {
             None => FlushOutcome::Delivered,
             Some(error) => {
                 let lost = Undelivered::of(&self.queue);
-                log::warn!(
-                    "stardust: shutdown deadline passed: {lost} not delivered to {}; lost (last error: {error})",
-                    self.api.servers_for_log()
+                diag::report(
+                    log::Level::Warn,
+                    "shutdown-loss",
+                    &format!(
+                        "shutdown deadline passed: {lost} not delivered to {}; lost (last error: {error})",
+                        self.api.servers_for_log()
+                    ),
+                    "a longer Config::shutdown_timeout waits longer for the server",
                 );
                 self.queue.clear();
                 FlushOutcome::TimedOut(lost)

@@ -1,0 +1,117 @@
+//! Problems a user must see even without a `log` logger: the server is unreachable, refuses the
+//! secret or is not a Stardust server, spans were dropped, the shutdown lost data.
+//!
+//! Every message goes through `log` as usual. When no logger is installed (`log`'s maximum
+//! level is still `Off`, as it is until a logger sets it) warnings and errors also go to
+//! stderr — the runtime's one stderr fallback — once per distinct condition, repeated at most
+//! every [`REPEAT_AFTER`] with the number of occurrences in between, and with a hint of what
+//! to check. `Config::stderr_diagnostics(false)` turns the fallback off.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a condition stays quiet on stderr after it was printed.
+pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(300);
+
+static FALLBACK: AtomicBool = AtomicBool::new(true);
+
+/// Per condition: when it was last printed, and how often it happened since.
+static SEEN: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::new(None);
+
+/// Turns the stderr fallback on or off (from `Config`, at `init`).
+pub(crate) fn set_stderr_fallback(on: bool) {
+    FALLBACK.store(on, Ordering::Relaxed);
+}
+
+/// True when no `log` logger has been installed.
+fn no_logger() -> bool {
+    log::max_level() == log::LevelFilter::Off
+}
+
+/// Logs `message` at `level` (warn or error) under the condition `key`, and, without a
+/// logger, prints it to stderr as the module doc says. `hint` says what to check.
+pub(crate) fn report(level: log::Level, key: &'static str, message: &str, hint: &str) {
+    if hint.is_empty() {
+        log::log!(level, "stardust: {message}");
+    } else {
+        log::log!(level, "stardust: {message} ({hint})");
+    }
+    if level > log::Level::Warn || !FALLBACK.load(Ordering::Relaxed) || !no_logger() {
+        return;
+    }
+    let now = Instant::now();
+    let repeats = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = seen.get_or_insert_with(HashMap::new);
+        match seen.get_mut(key) {
+            Some((at, n)) if now.duration_since(*at) < REPEAT_AFTER => {
+                *n += 1;
+                return;
+            }
+            Some((at, n)) => {
+                let repeats = *n;
+                *at = now;
+                *n = 0;
+                repeats
+            }
+            None => {
+                seen.insert(key, (now, 0));
+                0
+            }
+        }
+    };
+    let what = if level == log::Level::Error {
+        "error"
+    } else {
+        "warning"
+    };
+    let again = if repeats > 0 {
+        format!(" ({repeats} more times since the last message)")
+    } else {
+        String::new()
+    };
+    let hint = if hint.is_empty() {
+        String::new()
+    } else {
+        format!("\n  hint: {hint}")
+    };
+    // One write, so lines of concurrent messages do not interleave.
+    let text = format!("stardust {what}: {message}{again}{hint}\n");
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Forgets conditions (they cleared): their next occurrence prints again at once.
+pub(crate) fn clear(keys: &[&'static str]) {
+    if let Some(seen) = SEEN.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        for k in keys {
+            seen.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_is_counted_between_prints() {
+        // No logger in unit tests: the fallback is active.
+        report(log::Level::Warn, "test-condition", "first", "check it");
+        report(log::Level::Warn, "test-condition", "second", "");
+        let seen = SEEN.lock().unwrap();
+        assert_eq!(seen.as_ref().unwrap()["test-condition"].1, 1);
+        drop(seen);
+        clear(&["test-condition"]);
+        assert!(
+            !SEEN
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .contains_key("test-condition")
+        );
+    }
+}
