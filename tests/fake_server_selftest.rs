@@ -1123,3 +1123,800 @@ fn fake_is_send_sync_and_wait_for_times_out() {
     assert!(t.elapsed() >= Duration::from_millis(100));
     assert!(fake.wait_for(|r| r.reports.is_empty(), Duration::ZERO));
 }
+
+// ---- model binding, versions, columns, Compile (stardust-app-client.md C1) --------------------
+
+/// An `AppInfo` as the .NET client writes it (every number present, no nulls).
+fn app_info(version: &str) -> Value {
+    json!({"Id": 4242, "Name": "selftest", "Version": version, "CommandLine": "selftest --x",
+        "UserName": "tester", "MachineName": "host1", "IP": "127.0.0.1",
+        "StartTime": now_ms() - 60_000, "ProcessorTime": 1200, "CpuUsage": 0.0125,
+        "WorkingSet": 10_485_760, "HeapSize": 0, "Threads": 7, "WorkerThreads": 0, "IOThreads": 0,
+        "AvailableThreads": 0, "PendingItems": 0, "CompletedItems": 0, "Handles": 12,
+        "Connections": 0, "GCCount": 0, "Time": now_ms()})
+}
+
+fn authed(fake: &FakeStardust, token: &str, path: &str, v: &Value) -> Resp {
+    post_json(fake, path, &[("Authorization", &bearer(token))], v)
+}
+
+fn count(fake: &FakeStardust, rule: &str) -> usize {
+    rules(fake).iter().filter(|r| *r == rule).count()
+}
+
+#[test]
+fn app_bodies_bind_like_aspnet() {
+    let fake = FakeStardust::builder()
+        .app("App1", Some("sec-ret1"))
+        .start();
+    let token = login_token(&fake, "App1", "sec-ret1");
+    let r = authed(&fake, &token, "/App/Ping", &app_info("1.0"));
+    assert_eq!(
+        (r.status, r.json()["code"].as_i64()),
+        (200, Some(0)),
+        "{}",
+        r.text()
+    );
+    fake.assert_no_violations();
+
+    // null (what the client writes for an unmeasured metric), fractions, wrong types → HTTP 400
+    let cases = [
+        ("WorkingSet", Value::Null),
+        ("CpuUsage", Value::Null),
+        ("Threads", json!(5.0)),
+        ("ProcessorTime", json!(1e3)),
+        ("Handles", json!(true)),
+        ("CpuUsage", json!("NaN")),
+        ("Threads", json!(2_147_483_648i64)),
+        ("WorkingSet", json!("12.5")),
+        ("Id", json!(" 7")),
+        ("Time", json!({})),
+        ("StartTime", json!(false)),
+        ("StartTime", json!(1.5)),
+        ("Name", json!(42)),
+        ("UserName", json!(["a"])),
+    ];
+    for (field, bad) in &cases {
+        let mut b = app_info("1.0");
+        b[*field] = bad.clone();
+        let r = authed(&fake, &token, "/App/Ping", &b);
+        assert_eq!(r.status, 400, "{field} = {bad}: {}", r.text());
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("application/problem+json")
+        );
+        let j = r.json();
+        assert!(j.get("code").is_none(), "no envelope: {j}");
+        assert_eq!(j["status"], 400);
+        assert!(
+            j["errors"]
+                .as_object()
+                .unwrap()
+                .contains_key(&format!("$.{field}")),
+            "{field}: {j}"
+        );
+    }
+    assert_eq!(fake.pings().len(), 1, "a 400 ping is not processed");
+    assert_eq!(count(&fake, "http-400"), cases.len(), "{:?}", rules(&fake));
+    assert_eq!(rules(&fake).len(), cases.len(), "{:?}", fake.violations());
+
+    // accepted: numeric strings (Int64 as Int64.Parse reads them), null/unparseable StartTime,
+    // null strings, unknown members, any casing; an absent member keeps its default
+    fake.clear_records();
+    for ok in [
+        json!({"id": "7", "workingset": " 1024 ", "CPUUSAGE": "0.5", "StartTime": null, "UserName": null, "time": "1234567890123", "Extra": {"x": [null]}}),
+        json!({"StartTime": "garbage", "Threads": -1, "CpuUsage": 3}),
+        json!({}),
+    ] {
+        let r = authed(&fake, &token, "/App/Ping", &ok);
+        assert_eq!(
+            (r.status, r.json()["code"].as_i64()),
+            (200, Some(0)),
+            "{ok}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(fake.pings()[0].body["time"], "1234567890123");
+    assert_eq!(
+        authed(
+            &fake,
+            &token,
+            "/App/Ping",
+            &json!({"Time": "1234567890123"})
+        )
+        .json()["data"]["time"],
+        1234567890123i64,
+        "Time echoed as bound"
+    );
+    fake.assert_no_violations();
+
+    // whole-body errors: array, not JSON, empty; a non-JSON Content-Type is 415
+    let auth = bearer(&token);
+    for (ct, body, status) in [
+        ("application/json", &b"[]"[..], 400),
+        ("application/json", b"{nope", 400),
+        ("application/json", b"null", 400),
+        ("application/json", b"", 400),
+        ("text/plain", b"{}", 415),
+    ] {
+        let r = http(
+            &fake,
+            "POST",
+            "/App/Ping",
+            &[("Authorization", &auth), ("Content-Type", ct)],
+            body,
+        )
+        .unwrap();
+        assert_eq!(r.status, status, "{ct} {:?}: {}", body, r.text());
+    }
+    assert_eq!(count(&fake, "http-400"), 4);
+    assert_eq!(count(&fake, "http-415"), 1);
+
+    // authorization comes before binding: no token → the 401 envelope
+    let j = post_json(&fake, "/App/Ping", &[], &json!({"WorkingSet": null})).json();
+    assert_eq!(j["code"], 401, "{j}");
+
+    // login binds the same way (anonymous: always 400)
+    fake.clear_records();
+    for (field, bad) in [
+        ("Compile", Value::Null),
+        ("Time", json!(1.5)),
+        ("Time", json!("soon")),
+        ("AppName", json!(1)),
+    ] {
+        let mut b = login_body("App1", Some(salted_secret("sec-ret1", now_ms() / 1000)));
+        b[field] = bad;
+        let r = post_json(&fake, "/App/Login", &[], &b);
+        assert_eq!(r.status, 400, "{field}: {}", r.text());
+    }
+    assert!(fake.logins().is_empty());
+    assert_eq!(count(&fake, "http-400"), 4, "{:?}", rules(&fake));
+
+    // Logout: `reason` is required
+    fake.clear_records();
+    for (path, status) in [
+        ("/App/Logout", 400),
+        ("/App/Logout?reason=", 400),
+        ("/App/Logout?reason=Dispose", 200),
+    ] {
+        let r = http(&fake, "GET", path, &[("Authorization", &auth)], b"").unwrap();
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    assert_eq!(fake.logouts().len(), 1);
+    assert_eq!(count(&fake, "http-400"), 2);
+}
+
+#[test]
+fn ping_version_is_checked_against_the_app_record() {
+    let fake = FakeStardust::builder()
+        .app("App1", None)
+        .token_refresh_window(Duration::from_secs(3 * 3600))
+        .start();
+    let j = post_json(&fake, "/App/Login", &[], &login_body("App1", None)).json();
+    let token = j["data"]["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        fake.app_meta("App1").unwrap(),
+        AppMeta {
+            version: None,
+            compile_ms: 0,
+            display_name: Some("Test App".into())
+        },
+        "a login without Compile does not replace the version (0 is not newer than 0)"
+    );
+    // the first ping's version is stored as is, unparsed
+    let j = authed(&fake, &token, "/App/Ping", &app_info("1.2.3-beta.1")).json();
+    assert_eq!(j["code"], 0, "{j}");
+    assert_eq!(
+        fake.app_meta("App1").unwrap().version.as_deref(),
+        Some("1.2.3-beta.1")
+    );
+    assert_eq!(count(&fake, "version"), 1, "still a violation");
+    // App.Compile is 1970, so every later ping parses both versions: all fail, valid or not
+    let id = fake.send_command("App1", "app/freeMemory", None);
+    for v in ["1.2.3", "1.2.3-beta.1"] {
+        let j = authed(&fake, &token, "/App/Ping", &app_info(v)).json();
+        assert_eq!(j["code"], 500, "{j}");
+        assert!(
+            j["message"]
+                .as_str()
+                .unwrap()
+                .contains("was not in a correct format"),
+            "{j}"
+        );
+        let p = fake.pings().pop().unwrap();
+        assert_eq!(p.code, 500);
+        assert!(p.new_token.is_none(), "a failed ping refreshes no token");
+        assert!(p.commands.is_empty(), "a failed ping delivers no command");
+    }
+    assert_eq!(fake.command(id).unwrap().times, 0);
+    assert_eq!(count(&fake, "ping-500"), 2, "{:?}", rules(&fake));
+    // a ping without Version skips the comparison
+    let mut nov = app_info("");
+    nov.as_object_mut().unwrap().remove("Version");
+    let j = authed(&fake, &token, "/App/Ping", &nov).json();
+    assert_eq!(j["code"], 0);
+    assert_eq!(j["data"]["commands"][0]["id"], id);
+    assert!(j["data"]["token"].is_string(), "refresh window 3 h");
+
+    // fixed in the web UI: a greater version replaces it, a smaller one does not
+    fake.set_app_version("App1", Some("1.0"));
+    for (v, stored) in [("1.2.3", "1.2.3"), ("1.1", "1.2.3"), ("1.2.3.0", "1.2.3.0")] {
+        let j = authed(&fake, &token, "/App/Ping", &app_info(v)).json();
+        assert_eq!(j["code"], 0, "{v}: {j}");
+        assert_eq!(
+            fake.app_meta("App1").unwrap().version.as_deref(),
+            Some(stored)
+        );
+    }
+    // each bad form is a 500 once App.Compile is over 30 days old
+    for bad in [
+        "1",
+        "1.2.3.4.5",
+        "v1.2.3",
+        "1.2.3+g1a2b",
+        "1..2",
+        "1.-2",
+        "1.2.3.2150000000",
+    ] {
+        let j = authed(&fake, &token, "/App/Ping", &app_info(bad)).json();
+        assert_eq!(j["code"], 500, "{bad}: {j}");
+    }
+    // a build from the last 30 days: no comparison, nothing fails
+    fake.set_app_compile_ms("App1", now_ms() - 86_400_000);
+    let j = authed(&fake, &token, "/App/Ping", &app_info("v9")).json();
+    assert_eq!(j["code"], 0, "{j}");
+    assert_eq!(
+        fake.app_meta("App1").unwrap().version.as_deref(),
+        Some("1.2.3.0")
+    );
+}
+
+#[test]
+fn strings_over_their_columns_answer_500() {
+    let fake = FakeStardust::start();
+    let long = "A".repeat(51);
+    let login = |f: &dyn Fn(&mut Value)| {
+        let mut b = login_body("App2", None);
+        f(&mut b);
+        post_json(&fake, "/App/Login", &[], &b).json()
+    };
+    let j = login(&|b| {
+        b["AppId"] = json!(long);
+        b["Code"] = json!(long);
+    });
+    assert_eq!(j["code"], 500, "{j}");
+    assert!(j["message"].as_str().unwrap().contains("长度限制50"), "{j}");
+    assert!(fake.app(&long).is_none(), "the app was not created");
+    for f in [
+        &(|b: &mut Value| b["AppName"] = json!("名".repeat(51))) as &dyn Fn(&mut Value),
+        &|b| b["Version"] = json!(format!("1.{}", "0".repeat(49))),
+        &|b| b["ClientId"] = json!(format!("127.0.0.1@{}", "9".repeat(42))),
+        &|b| b["AppName"] = json!("😀".repeat(26)), // 52 UTF-16 units
+    ] {
+        let j = login(f);
+        assert_eq!(j["code"], 500, "{j}");
+        assert!(fake.app("App2").is_none());
+    }
+    assert_eq!(count(&fake, "column-length"), 6, "{:?}", rules(&fake)); // AppId + Code
+    // 50 units are fine, whatever their UTF-8 length
+    let j = login(&|b| b["AppName"] = json!("名".repeat(50)));
+    assert_eq!(j["code"], 0, "{j}");
+    let token = j["data"]["token"].as_str().unwrap().to_string();
+
+    // ping: UserName, MachineName, Version → 500; Name, CommandLine, Listens are trimmed
+    fake.clear_records();
+    for (field, value) in [
+        ("UserName", json!(long)),
+        ("MachineName", json!("h".repeat(64))),
+        ("Version", json!(format!("1.{}", "0".repeat(49)))),
+    ] {
+        let mut b = app_info("1.0");
+        b[field] = value;
+        let j = authed(&fake, &token, "/App/Ping", &b).json();
+        assert_eq!(j["code"], 500, "{field}: {j}");
+        assert!(j["message"].as_str().unwrap().contains(field), "{j}");
+    }
+    let mut b = app_info("1.0");
+    b["Name"] = json!("n".repeat(300));
+    b["CommandLine"] = json!("c".repeat(600));
+    b["Listens"] = json!("l".repeat(300));
+    assert_eq!(authed(&fake, &token, "/App/Ping", &b).json()["code"], 0);
+    assert_eq!(count(&fake, "column-length"), 3, "{:?}", rules(&fake));
+}
+
+#[test]
+fn login_compile_is_recorded_and_checked() {
+    let fake = FakeStardust::builder().app("App1", None).start();
+    let day = 86_400_000;
+    let build = now_ms() - 3 * day;
+    let login = |cid: &str, compile: Value, version: &str| {
+        let mut b = login_body("App1", None);
+        b["ClientId"] = json!(cid);
+        b["Compile"] = compile;
+        b["Version"] = json!(version);
+        let j = post_json(&fake, "/App/Login", &[], &b).json();
+        assert_eq!(j["code"], 0, "{j}");
+    };
+    login(CID, json!(build), "0.1.0");
+    assert_eq!(fake.logins()[0].compile, Some(build));
+    let meta = fake.app_meta("App1").unwrap();
+    assert_eq!(
+        (meta.compile_ms, meta.version.as_deref()),
+        (build, Some("0.1.0"))
+    );
+    // the same build with another version changes nothing; only a strictly newer build wins
+    login("127.0.0.1@2", json!(build), "0.2.0");
+    assert_eq!(
+        fake.app_meta("App1").unwrap().version.as_deref(),
+        Some("0.1.0")
+    );
+    login("127.0.0.1@3", json!((build + 1000).to_string()), "0.3.0");
+    let meta = fake.app_meta("App1").unwrap();
+    assert_eq!(
+        (meta.compile_ms, meta.version.as_deref()),
+        (build + 1000, Some("0.3.0"))
+    );
+    login("127.0.0.1@4", json!(build - day), "0.0.9");
+    assert_eq!(
+        fake.app_meta("App1").unwrap().version.as_deref(),
+        Some("0.3.0")
+    );
+    fake.assert_no_violations();
+
+    // what a wrong Compile looks like
+    login("127.0.0.1@5", json!(build / 1000), "0.3.0"); // seconds
+    login("127.0.0.1@6", json!(now_ms()), "0.3.0"); // "now"
+    login("127.0.0.1@7", json!(now_ms() + day), "0.3.0");
+    login("127.0.0.1@8", json!(100_000_000_000i64), "0.3.0"); // 1973
+    login(CID, json!(build - 5000), "0.1.0"); // this process sent another build time before
+    assert_eq!(
+        rules(&fake),
+        vec![
+            "compile-not-ms",
+            "compile-is-now",
+            "compile-future",
+            "compile-implausible",
+            "compile-changed"
+        ]
+    );
+    // absence is legal, unless the test asks for it
+    fake.clear_records();
+    let mut b = login_body("App1", None);
+    b["Compile"] = Value::Null;
+    assert_eq!(post_json(&fake, "/App/Login", &[], &b).status, 400);
+    assert_eq!(rules(&fake), vec!["http-400"]);
+    fake.clear_records();
+    let b = login_body("App1", None);
+    post_json(&fake, "/App/Login", &[], &b);
+    assert_eq!(fake.logins()[0].compile, None);
+    fake.assert_no_violations();
+    fake.set_require_compile(true);
+    post_json(&fake, "/App/Login", &[], &b);
+    assert_eq!(rules(&fake), vec!["compile-missing"]);
+}
+
+// ---- commands (C4) ----------------------------------------------------------------------------
+
+#[test]
+fn commands_are_delivered_resent_and_cancelled() {
+    let fake = FakeStardust::builder()
+        .app("App1", None)
+        .app("App2", None)
+        .start();
+    let token = login_token_plain(&fake, "App1", None);
+    let other = login_token_plain(&fake, "App2", None);
+    let id = fake.send_command("App1", "app/freeMemory", Some(r#"{"x":1}"#));
+    assert_eq!(id, 1);
+    let ping = |t: &str| authed(&fake, t, "/App/Ping", &app_info("1.0")).json();
+    assert!(ping(&other)["data"]["commands"].is_null(), "not App2's");
+    let j = ping(&token);
+    let c = &j["data"]["commands"][0];
+    assert_eq!(c["id"], id);
+    assert_eq!(c["command"], "app/freeMemory");
+    assert_eq!(c["argument"], r#"{"x":1}"#);
+    assert_eq!(c["startTime"], "0001-01-01 00:00:00", "unset");
+    assert_eq!(c["expire"], "0001-01-01 00:00:00");
+    assert_eq!(c["status"], 0);
+    let tp = c["traceId"].as_str().unwrap();
+    assert!(tp.starts_with("00-") && tp.len() == 55, "{tp}");
+    // without a final reply it comes back with every ping: 11 sends, then cancelled
+    for _ in 0..10 {
+        assert_eq!(ping(&token)["data"]["commands"][0]["id"], id);
+    }
+    let c = fake.command(id).unwrap();
+    assert_eq!((c.times, c.status, c.delivered_in.len()), (11, 1, 11));
+    assert!(c.is_pending());
+    assert!(ping(&token)["data"]["commands"].is_null());
+    let c = fake.command(id).unwrap();
+    assert_eq!(
+        (c.status, c.cancelled_by_server),
+        (command_status::CANCELLED, true)
+    );
+    assert_eq!(
+        fake.pings()
+            .iter()
+            .filter(|p| p.commands == vec![id])
+            .count(),
+        11
+    );
+    assert!(
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || fake.assert_commands_answered()
+        ))
+        .is_err(),
+        "never answered"
+    );
+
+    // a future start: sent on every ping without counting; times in server-local form while
+    // App.Compile is before 2025
+    fake.set_server_utc_offset_min(480);
+    let start = 4_102_444_800_000; // 2100-01-01T00:00:00Z
+    let later = fake.send_command_with(
+        "App1",
+        "later",
+        None,
+        CommandOptions {
+            start_time_ms: Some(start),
+            expire_ms: Some(start + 3_600_000),
+            trace_id: Some("abc".into()),
+        },
+    );
+    let gone = fake.send_command_with(
+        "App1",
+        "expired",
+        None,
+        CommandOptions {
+            expire_ms: Some(fake.server_now_ms() - 1000),
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        let j = ping(&token);
+        let cmds = j["data"]["commands"].as_array().unwrap();
+        assert_eq!(cmds.len(), 1, "{j}");
+        assert_eq!(cmds[0]["startTime"], "2100-01-01 08:00:00");
+        assert_eq!(cmds[0]["expire"], "2100-01-01 09:00:00");
+        assert_eq!(cmds[0]["traceId"], "abc");
+    }
+    assert_eq!(fake.command(later).unwrap().times, 0);
+    let g = fake.command(gone).unwrap();
+    assert!(g.delivered_in.is_empty() && g.cancelled_by_server);
+
+    // UTC ("O" with Z) once a login brought a build from 2025 or later
+    let mut b = login_body("App1", None);
+    b["Compile"] = json!(now_ms() - 86_400_000);
+    post_json(&fake, "/App/Login", &[], &b);
+    let j = ping(&token);
+    assert_eq!(
+        j["data"]["commands"][0]["startTime"],
+        "2100-01-01T00:00:00.0000000Z"
+    );
+
+    // with an expiry: up to 101 sends
+    let many = fake.send_command_with(
+        "App1",
+        "many",
+        None,
+        CommandOptions {
+            expire_ms: Some(fake.server_now_ms() + 3_600_000),
+            ..Default::default()
+        },
+    );
+    for _ in 0..102 {
+        ping(&token);
+    }
+    let c = fake.command(many).unwrap();
+    assert_eq!(
+        (c.delivered_in.len(), c.status),
+        (101, command_status::CANCELLED)
+    );
+
+    // PascalCase switch applies to the command models too
+    fake.set_pascal_case(true);
+    let j = ping(&token);
+    assert_eq!(j["Data"]["Commands"][0]["Command"], "later", "{j}");
+}
+
+fn login_token_plain(fake: &FakeStardust, app: &str, secret: Option<&str>) -> String {
+    let b = login_body(app, secret.map(|s| salted_secret(s, now_ms() / 1000)));
+    let j = post_json(fake, "/App/Login", &[], &b).json();
+    j["data"]["token"].as_str().expect("token").to_string()
+}
+
+#[test]
+fn command_replies_are_recorded_and_checked() {
+    let fake = FakeStardust::builder()
+        .app("App1", None)
+        .app("App2", None)
+        .start();
+    let token = login_token_plain(&fake, "App1", None);
+    let other = login_token_plain(&fake, "App2", None);
+    let id = fake.send_command("App1", "app/freeMemory", None);
+    let ping = || authed(&fake, &token, "/App/Ping", &app_info("1.0")).json();
+    assert_eq!(ping()["data"]["commands"][0]["id"], id);
+    let reply = |t: &str, v: Value| authed(&fake, t, "/App/CommandReply", &v);
+
+    let j = reply(&token, json!({"Id": id, "Status": 2, "Data": "OK"})).json();
+    assert_eq!(
+        (j["code"].as_i64(), j["data"].as_i64()),
+        (Some(0), Some(1)),
+        "{j}"
+    );
+    let c = fake.command(id).unwrap();
+    assert_eq!((c.status, c.result.as_deref()), (2, Some("OK")));
+    assert!(
+        ping()["data"]["commands"].is_null(),
+        "answered: not sent again"
+    );
+    let r = &fake.command_replies()[0];
+    assert_eq!(
+        (
+            r.id,
+            r.status,
+            r.data.as_deref(),
+            r.app.as_str(),
+            r.client_id.as_str()
+        ),
+        (id, 2, Some("OK"), "App1", CID)
+    );
+    fake.assert_no_violations();
+    fake.assert_commands_answered();
+
+    // replied twice; unknown id; another app's command
+    assert_eq!(
+        reply(&token, json!({"Id": id, "Status": 2})).json()["data"],
+        1
+    );
+    assert_eq!(
+        reply(&token, json!({"Id": 999, "Status": 2})).json()["data"],
+        0
+    );
+    let id2 = fake.send_command("App1", "x", None);
+    let j = reply(
+        &other,
+        json!({"Id": id2, "Status": 4, "Data": "找不到服务[x]"}),
+    )
+    .json();
+    assert_eq!(j["code"], 403, "{j}");
+    assert!(fake.command(id2).unwrap().is_pending());
+    assert_eq!(
+        rules(&fake),
+        vec![
+            "command-reply-twice",
+            "command-reply-unknown",
+            "command-reply-foreign"
+        ]
+    );
+
+    // binding: the status is a number; Id an integer
+    fake.clear_records();
+    for bad in [
+        json!({"Id": id2, "Status": "Done"}),
+        json!({"Id": id2, "Status": null}),
+        json!({"Id": 2.0, "Status": 2}),
+        json!([]),
+    ] {
+        assert_eq!(reply(&token, bad.clone()).status, 400, "{bad}");
+    }
+    assert_eq!(count(&fake, "http-400"), 4);
+    assert!(fake.command_replies().is_empty());
+
+    // status 1 is for scheduled commands only; 0 is no answer
+    fake.clear_records();
+    assert_eq!(
+        reply(&token, json!({"Id": id2, "Status": 1})).json()["data"],
+        1
+    );
+    assert!(
+        fake.command(id2).unwrap().is_pending(),
+        "status 1 stays pending"
+    );
+    assert_eq!(rules(&fake), vec!["command-reply-processing"]);
+    fake.clear_records();
+    assert_eq!(
+        reply(&token, json!({"Id": id2, "Status": 0})).json()["data"],
+        1
+    );
+    assert_eq!(rules(&fake), vec!["command-reply-status"]);
+
+    let sched = fake.send_command_with(
+        "App1",
+        "later",
+        None,
+        CommandOptions {
+            start_time_ms: Some(fake.server_now_ms() + 3_600_000),
+            ..Default::default()
+        },
+    );
+    fake.clear_records();
+    reply(
+        &token,
+        json!({"id": sched, "status": 1, "data": "已安排计划执行"}),
+    );
+    reply(
+        &token,
+        json!({"Id": sched.to_string(), "Status": 2, "Data": "d".repeat(600)}),
+    );
+    fake.assert_no_violations();
+    let c = fake.command(sched).unwrap();
+    assert_eq!(
+        (c.status, c.result.unwrap().len(), c.replies.len()),
+        (2, 500, 2)
+    );
+    // a second status 1 is a duplicate too
+    let sched2 = fake.send_command_with(
+        "App1",
+        "later2",
+        None,
+        CommandOptions {
+            start_time_ms: Some(fake.server_now_ms() + 3_600_000),
+            ..Default::default()
+        },
+    );
+    reply(&token, json!({"Id": sched2, "Status": 1}));
+    reply(&token, json!({"Id": sched2, "Status": 1}));
+    assert_eq!(rules(&fake), vec!["command-reply-twice"]);
+    // no token → 401, nothing recorded
+    let n = fake.command_replies().len();
+    let j = post_json(
+        &fake,
+        "/App/CommandReply",
+        &[],
+        &json!({"Id": sched2, "Status": 2}),
+    )
+    .json();
+    assert_eq!(j["code"], 401);
+    assert_eq!(fake.command_replies().len(), n);
+}
+
+// ---- events (C5) ------------------------------------------------------------------------------
+
+#[test]
+fn events_are_recorded_and_checked() {
+    let fake = FakeStardust::builder().app("App1", None).start();
+    let token = login_token_plain(&fake, "App1", None);
+    let post = |v: Value| authed(&fake, &token, "/App/PostEvents", &v);
+    let now = now_ms();
+    let j = post(json!([
+        {"Time": now, "Type": "info", "Name": "应用启动", "Remark": "pid=1, Name=x, FileName=/bin/x"},
+        {"time": now.to_string(), "type": "ERROR", "name": "boom", "remark": null},
+    ]))
+    .json();
+    assert_eq!(
+        (j["code"].as_i64(), j["data"].as_i64()),
+        (Some(0), Some(2)),
+        "{j}"
+    );
+    let ev = fake.events();
+    assert_eq!(ev.len(), 2);
+    assert_eq!(
+        (
+            ev[0].name.as_deref(),
+            ev[0].event_type.as_deref(),
+            ev[0].success,
+            ev[0].time,
+            ev[0].created_ms,
+            ev[0].app.as_str(),
+            ev[0].client_id.as_str()
+        ),
+        (Some("应用启动"), Some("info"), true, now, now, "App1", CID)
+    );
+    assert_eq!(
+        ev[0].remark.as_deref(),
+        Some("pid=1, Name=x, FileName=/bin/x")
+    );
+    assert!(!ev[1].success, "type error, any case");
+    assert_eq!(ev[1].time, now);
+    fake.assert_no_violations();
+    assert_eq!(post(json!([])).json()["data"], 0);
+
+    // a name over 50 fails the whole batch
+    let j = post(json!([
+        {"Time": now, "Type": "info", "Name": "ok"},
+        {"Time": now, "Type": "info", "Name": "n".repeat(51)},
+    ]))
+    .json();
+    assert_eq!(j["code"], 500, "{j}");
+    assert_eq!(fake.events().len(), 2, "nothing stored");
+    assert_eq!(rules(&fake), vec!["column-length"]);
+
+    // binding
+    fake.clear_records();
+    for bad in [
+        json!({"Time": now, "Name": "x"}),
+        json!([{"Time": null, "Name": "x"}]),
+        json!([{"Time": "soon", "Name": "x"}]),
+        json!([{"Time": now, "Name": 5}]),
+        json!([1]),
+    ] {
+        assert_eq!(post(bad.clone()).status, 400, "{bad}");
+    }
+    assert_eq!(count(&fake, "http-400"), 5);
+    let j = post(json!([null])).json();
+    assert_eq!(j["code"], 500);
+    assert!(fake.events().is_empty());
+
+    // accepted but against the guidance: long remark (cut to 2000), odd type, seconds, no name,
+    // more than 100 in one batch
+    fake.clear_records();
+    let j = post(json!([
+        {"Time": now, "Type": "info", "Name": "r", "Remark": "x".repeat(2500)},
+        {"Time": now / 1000, "Type": "warn", "Name": null},
+        {"Type": "info", "Name": "t0"},
+    ]))
+    .json();
+    assert_eq!(j["data"], 3);
+    let ev = fake.events();
+    assert_eq!(ev[0].remark.as_ref().unwrap().len(), 2000);
+    assert_eq!(
+        ev[1].created_ms,
+        now / 1000 * 1000,
+        "seconds are read as seconds"
+    );
+    assert!(
+        (ev[2].created_ms - now).abs() < 5000,
+        "no Time → arrival time"
+    );
+    assert_eq!(
+        rules(&fake),
+        vec![
+            "event-remark-long",
+            "event-name",
+            "time-not-ms",
+            "event-type",
+            "time-not-ms"
+        ]
+    );
+    fake.clear_records();
+    let batch: Vec<Value> = (0..101)
+        .map(|i| json!({"Time": now, "Type": "info", "Name": format!("e{i}")}))
+        .collect();
+    assert_eq!(post(json!(batch)).json()["data"], 101);
+    assert_eq!(rules(&fake), vec!["events-batch"]);
+    // token required
+    let j = post_json(&fake, "/App/PostEvents", &[], &json!([])).json();
+    assert_eq!(j["code"], 401);
+}
+
+// ---- a report's Info (C1.5) -------------------------------------------------------------------
+
+#[test]
+fn report_info_binds_and_runs_the_version_check() {
+    let fake = FakeStardust::start();
+    let now = now_ms();
+    let mut m = model(vec![builder("/a", now, 1, 0)]);
+    m["Info"] = app_info("0.1.0");
+    m["Info"]["WorkingSet"] = Value::Null;
+    // /Trace/Report binds Info strictly: the whole report is dropped silently
+    let j = post_json(&fake, "/Trace/Report", &[], &m).json();
+    assert_eq!(
+        (j["code"].as_i64(), j["data"].is_null()),
+        (Some(0), true),
+        "{j}"
+    );
+    assert!(fake.reports().is_empty());
+    assert!(rules(&fake).contains(&"report-unbindable".to_string()));
+    // /Trace/ReportRaw reads it leniently
+    let r = http(
+        &fake,
+        "POST",
+        "/Trace/ReportRaw",
+        &[("Content-Type", "application/x-gzip")],
+        &gzip(m.to_string().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(r.json()["code"], 0, "{}", r.text());
+    assert_eq!(
+        fake.app_meta("App1").unwrap().version.as_deref(),
+        Some("0.1.0")
+    );
+    // an unparseable App.Version (Compile 1970) fails the report like a ping
+    fake.clear_records();
+    fake.set_app_version("App1", Some("0.1.0-dev"));
+    m["Info"] = app_info("0.1.0");
+    let j = post_json(&fake, "/Trace/Report", &[], &m).json();
+    assert_eq!(j["code"], 500, "{j}");
+    assert!(fake.reports().is_empty());
+    assert_eq!(rules(&fake), vec!["report-500"]);
+}

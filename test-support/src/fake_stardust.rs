@@ -24,6 +24,27 @@
 //! - The sample-cap and tag-length checks use the larger of the last two values the server sent
 //!   (client defaults 1/10/1024 before any reply), over all clients together.
 //! - `wait_for` runs its predicate under the record lock: don't call `FakeStardust` methods in it.
+//!
+//! Strictness of the real server (/work/shared/protocol/stardust-app-client.md, "C" below):
+//! - `/App/Login`, `/App/Ping`, `/App/PostEvents`, `/App/CommandReply` bind their body like
+//!   ASP.NET `[ApiController]` + System.Text.Json (C1.1–C1.3): after authorization (never for
+//!   Login), a `null`, a fraction or a wrong JSON type in a number/enum/date member, a body that
+//!   is empty, not JSON or of the wrong shape → HTTP 400 ProblemDetails without `code`; a
+//!   non-JSON Content-Type → 415. `/App/Logout` without `reason` → 400. `/Trace/Report` binds a
+//!   report's `Info` the same way (failure = the silent `{code:0,data:null}`).
+//! - Strings over their columns → `{code:500}` (C1.4): login AppId/Code, AppName, Version,
+//!   ClientId; ping Version, UserName, MachineName; event Name (the whole batch) — 50 each.
+//! - The `App` record ([`AppMeta`]) keeps `Version` and `Compile` as C1.5/C1.7 describe: a login
+//!   with a strictly newer `Compile` replaces both; a ping stores its version while the app has
+//!   none, and once `App.Compile` is over 30 days old parses both as `System.Version` — an
+//!   unparseable one answers `{code:500}` (no token refresh, no commands).
+//! - Commands ([`FakeStardust::send_command`]) are delivered in ping replies and re-sent until a
+//!   final reply, at most 11 (with an expiry 101) times (C4); `/App/CommandReply` and
+//!   `/App/PostEvents` (C5) are recorded.
+//!
+//! Every request the real server would reject is also a [`Violation`] (rules `http-400`,
+//! `http-415`, `column-length`, `ping-500`, `report-500`, …), recorded even when the request
+//! got an auth error or an injected fault, so `assert_no_violations()` catches it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -35,6 +56,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 mod auth;
+mod binding;
 mod checks;
 mod handlers;
 mod model;
@@ -112,6 +134,13 @@ pub struct Settings {
     /// Salted secret window, seconds. Default 600.
     pub salt_time_secs: i64,
     pub trace_response: TraceResponseCfg,
+    /// The server's time zone, minutes east of UTC. Used where the real server writes its local
+    /// wall time: command `startTime`/`expire` of apps whose `App.Compile` is before 2025
+    /// (stardust-app-client.md C4.3). Default 0.
+    pub server_utc_offset_min: i32,
+    /// A login without a `Compile` (or with 0) is a violation (`compile-missing`). The real
+    /// server accepts it (C1.7); default false.
+    pub require_compile: bool,
 }
 
 impl Default for Settings {
@@ -127,6 +156,8 @@ impl Default for Settings {
             auto_register_enabled: true,
             salt_time_secs: 600,
             trace_response: TraceResponseCfg::default(),
+            server_utc_offset_min: 0,
+            require_compile: false,
         }
     }
 }
@@ -138,6 +169,125 @@ pub struct AppEntry {
     pub secret: Option<String>,
     pub enabled: bool,
     pub auto_registered: bool,
+}
+
+/// What the server stores about an app besides [`AppEntry`]: the `App` record's `Version`,
+/// `Compile` and `DisplayName` (stardust-app-client.md C1.5, C1.7). A pre-registered app starts
+/// with no version, compile time 0 (1970) and no display name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppMeta {
+    /// `App.Version`: set at creation, replaced by a login with a strictly newer `Compile`, set by
+    /// a ping while empty, raised by a ping once `App.Compile` is 30 days old.
+    pub version: Option<String>,
+    /// `App.Compile`, Unix ms (the newest `Compile` any login sent; 0 = 1970).
+    pub compile_ms: i64,
+    /// `App.DisplayName` (written by a login's `AppName` only while empty).
+    pub display_name: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+/// `CommandStatus` values (stardust-app-client.md C4.5).
+pub mod command_status {
+    /// 就绪: not started (pending).
+    pub const READY: i64 = 0;
+    /// 处理中: accepted or scheduled (still pending: re-sent).
+    pub const PROCESSING: i64 = 1;
+    /// 已完成.
+    pub const DONE: i64 = 2;
+    /// 取消: expired or refused; also set by the server after too many sends.
+    pub const CANCELLED: i64 = 3;
+    /// 错误: failed, including an unknown command.
+    pub const ERROR: i64 = 4;
+}
+
+/// Optional parts of a command queued with [`FakeStardust::send_command_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandOptions {
+    /// Do not run before this server time (Unix ms). `None` = immediate.
+    pub start_time_ms: Option<i64>,
+    /// Do not run after this server time (Unix ms). `None` = no expiry. With an expiry the server
+    /// sends the command up to 101 times instead of 11 (C4.6).
+    pub expire_ms: Option<i64>,
+    /// `traceId` of the command. `None` = a fresh traceparent `00-<trace>-<span>-01`.
+    pub trace_id: Option<String>,
+}
+
+/// A command queued for an app (the server's `AppCommand` row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// `Id` (an Int32 on the server; 1, 2, … per fake).
+    pub id: i64,
+    pub app: String,
+    pub command: String,
+    pub argument: Option<String>,
+    pub start_time_ms: Option<i64>,
+    pub expire_ms: Option<i64>,
+    pub trace_id: Option<String>,
+    /// Server time when queued.
+    pub created_ms: i64,
+    /// Current status (see [`command_status`]); 0/1 = pending.
+    pub status: i64,
+    /// The server's `Times`: counted sends (a not-yet-due command is sent without counting).
+    pub times: u32,
+    /// Seq of every ping whose reply carried this command.
+    pub delivered_in: Vec<u64>,
+    /// `Result` (`Data` of the last reply, trimmed to 500).
+    pub result: Option<String>,
+    /// Cancelled by the server (expired, or sent more than 10 / 100 times) rather than by a reply.
+    pub cancelled_by_server: bool,
+    /// Seqs of the `/App/CommandReply` requests for it.
+    pub replies: Vec<u64>,
+}
+
+impl CommandRecord {
+    /// Status 0 or 1: the server keeps sending it.
+    pub fn is_pending(&self) -> bool {
+        matches!(
+            self.status,
+            command_status::READY | command_status::PROCESSING
+        )
+    }
+}
+
+/// An authorized, bound `/App/CommandReply`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandReplyRecord {
+    pub seq: u64,
+    /// `sub` / `jti` of the token.
+    pub app: String,
+    pub client_id: String,
+    /// `Id` as sent.
+    pub id: i64,
+    pub status: i64,
+    /// `Data` as sent (the command stores it trimmed to 500).
+    pub data: Option<String>,
+    /// Envelope of the reply: `(code, data)`: (0, 1) stored, (0, 0) unknown id, (403, null) another
+    /// app's command.
+    pub code: i64,
+    pub data_reply: Value,
+}
+
+/// One event of an accepted `/App/PostEvents` batch (an `AppHistory` row, C5.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// `sub` / `jti` of the token.
+    pub app: String,
+    pub client_id: String,
+    /// `Time` as sent (0 when absent).
+    pub time: i64,
+    pub event_type: Option<String>,
+    /// `Name` as sent (the server stores `null` as `事件`).
+    pub name: Option<String>,
+    /// `Remark` as stored (cut to 2000).
+    pub remark: Option<String>,
+    /// `Type` is not `error` (ignoring case).
+    pub success: bool,
+    /// `CreateTime`: `Time` when its year is after 2000, else the arrival (server) time; Unix ms.
+    pub created_ms: i64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,6 +401,10 @@ pub enum Endpoint {
     Logout,
     Report,
     ReportRaw,
+    /// `/App/PostEvents` (C5).
+    PostEvents,
+    /// `/App/CommandReply` (C4.5).
+    CommandReply,
     Other,
 }
 
@@ -264,6 +418,8 @@ impl Endpoint {
             "/app/logout" => Endpoint::Logout,
             "/trace/report" => Endpoint::Report,
             "/trace/reportraw" => Endpoint::ReportRaw,
+            "/app/postevents" => Endpoint::PostEvents,
+            "/app/commandreply" => Endpoint::CommandReply,
             _ => Endpoint::Other,
         }
     }
@@ -335,6 +491,8 @@ pub struct LoginRecord {
     pub auto_registered: bool,
     /// Whether the reply disclosed code/secret.
     pub disclosed_secret: bool,
+    /// `Compile` as bound (Int64 as sent; `None` when absent).
+    pub compile: Option<i64>,
     pub body: Value,
 }
 
@@ -349,6 +507,12 @@ pub struct PingRecord {
     pub body: Value,
     /// A fresh token was returned (old one was within the refresh window).
     pub new_token: Option<String>,
+    /// Envelope code of the reply: 0, or 500 when the action failed (an unparseable `Version`
+    /// with an `App.Compile` over 30 days old, a string over its column; C1.4/C1.5). A failed
+    /// ping refreshes no token and delivers no commands.
+    pub code: i64,
+    /// Ids of the commands delivered in the reply.
+    pub commands: Vec<i64>,
 }
 
 /// An authorized `/App/Logout`.
@@ -379,7 +543,9 @@ pub struct ReportRecord {
     pub response: Value,
 }
 
-/// A strictness violation (a rule the real server does not enforce, or a requirement of stardust-runtime/docs/stardust-protocol.md §1.2).
+/// A strictness violation: a request the real server would reject (HTTP 400/415, `{code:500}`),
+/// a rule the real server does not enforce, or a requirement of
+/// stardust-runtime/docs/stardust-protocol.md §1.2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub seq: u64,
@@ -398,6 +564,12 @@ pub struct Recorded {
     pub logouts: Vec<LogoutRecord>,
     pub reports: Vec<ReportRecord>,
     pub violations: Vec<Violation>,
+    /// Accepted events, one per row, in arrival order.
+    pub events: Vec<EventRecord>,
+    /// Commands queued with `send_command*`, by id (kept by `clear_records`).
+    pub commands: Vec<CommandRecord>,
+    /// Authorized, bound `/App/CommandReply` requests.
+    pub command_replies: Vec<CommandReplyRecord>,
 }
 
 impl Recorded {
@@ -478,6 +650,8 @@ impl Default for Effective {
 pub(crate) struct Config {
     pub settings: Settings,
     pub apps: BTreeMap<String, AppEntry>,
+    /// `App` record fields, by app name (created on first use).
+    pub meta: BTreeMap<String, AppMeta>,
     pub token_key: Vec<u8>,
     /// (current, previous) effective client parameters.
     pub eff: (Effective, Effective),
@@ -662,6 +836,16 @@ impl FakeStardustBuilder {
         self.settings = s;
         self
     }
+    /// See [`Settings::server_utc_offset_min`].
+    pub fn server_utc_offset_min(mut self, minutes: i32) -> Self {
+        self.settings.server_utc_offset_min = minutes;
+        self
+    }
+    /// See [`Settings::require_compile`].
+    pub fn require_compile(mut self, on: bool) -> Self {
+        self.settings.require_compile = on;
+        self
+    }
 
     /// Bind both ports on 127.0.0.1 and start serving. Panics if binding fails.
     pub fn start(self) -> FakeStardust {
@@ -680,6 +864,7 @@ impl FakeStardustBuilder {
             cfg: Mutex::new(Config {
                 settings: self.settings,
                 apps: self.apps.into_iter().map(|a| (a.name.clone(), a)).collect(),
+                meta: BTreeMap::new(),
                 token_key: key.to_vec(),
                 eff: Default::default(),
             }),
@@ -791,6 +976,12 @@ impl FakeStardust {
     pub fn set_trace_response(&self, r: TraceResponseCfg) {
         self.update_settings(|s| s.trace_response = r)
     }
+    pub fn set_server_utc_offset_min(&self, minutes: i32) {
+        self.update_settings(|s| s.server_utc_offset_min = minutes)
+    }
+    pub fn set_require_compile(&self, on: bool) {
+        self.update_settings(|s| s.require_compile = on)
+    }
 
     /// Server clock: Unix ms now + clock_offset_ms.
     pub fn server_now_ms(&self) -> i64 {
@@ -807,7 +998,9 @@ impl FakeStardust {
             enabled: true,
             auto_registered: false,
         };
-        lock(&self.shared.cfg).apps.insert(name.into(), e);
+        let mut cfg = lock(&self.shared.cfg);
+        cfg.apps.insert(name.into(), e);
+        cfg.meta.remove(name);
     }
     /// Enable/disable an app (no-op if unknown).
     pub fn set_app_enabled(&self, name: &str, enabled: bool) {
@@ -816,13 +1009,139 @@ impl FakeStardust {
         }
     }
     pub fn remove_app(&self, name: &str) {
-        lock(&self.shared.cfg).apps.remove(name);
+        let mut cfg = lock(&self.shared.cfg);
+        cfg.apps.remove(name);
+        cfg.meta.remove(name);
     }
     pub fn app(&self, name: &str) -> Option<AppEntry> {
         lock(&self.shared.cfg).apps.get(name).cloned()
     }
     pub fn apps(&self) -> Vec<AppEntry> {
         lock(&self.shared.cfg).apps.values().cloned().collect()
+    }
+    /// The `App` record's version, compile time and display name (None if the server has none
+    /// for this name yet).
+    pub fn app_meta(&self, name: &str) -> Option<AppMeta> {
+        lock(&self.shared.cfg).meta.get(name).cloned()
+    }
+    /// Set `App.Version` as if stored earlier (e.g. by another instance, or in the web UI).
+    pub fn set_app_version(&self, name: &str, version: Option<&str>) {
+        lock(&self.shared.cfg)
+            .meta
+            .entry(name.into())
+            .or_default()
+            .version = version.map(Into::into);
+    }
+    /// Set `App.Compile` (Unix ms; 0 = 1970) as if stored by an earlier login.
+    pub fn set_app_compile_ms(&self, name: &str, compile_ms: i64) {
+        lock(&self.shared.cfg)
+            .meta
+            .entry(name.into())
+            .or_default()
+            .compile_ms = compile_ms;
+    }
+
+    // ---- commands and events (stardust-app-client.md C4, C5) ---------------------------------
+
+    /// Queue an immediate command without expiry for `app` (as the web UI or
+    /// `/App/SendCommand` would); returns its id. It is delivered in the `commands` of every
+    /// successful ping of any instance of the app until it gets a final status (2/3/4) by
+    /// `/App/CommandReply`, and cancelled by the server after 11 sends (C4.6).
+    pub fn send_command(&self, app: &str, command: &str, argument: Option<&str>) -> i64 {
+        self.send_command_with(app, command, argument, CommandOptions::default())
+    }
+    /// Queue a command with a start time, an expiry and/or a trace id; returns its id. With an
+    /// expiry it is sent up to 101 times or until it expires; a future start time is sent on
+    /// every ping without counting until due (C4.6).
+    /// Panics when `command` is empty or longer than 50, or `argument` longer than 500
+    /// (the real server cannot store such a command).
+    pub fn send_command_with(
+        &self,
+        app: &str,
+        command: &str,
+        argument: Option<&str>,
+        opts: CommandOptions,
+    ) -> i64 {
+        assert!(
+            !command.is_empty() && model::utf16_len(command) <= 50,
+            "fake stardust: command name must be 1..=50 chars: {command:?}"
+        );
+        assert!(
+            argument.is_none_or(|a| model::utf16_len(a) <= 500),
+            "fake stardust: command argument longer than 500"
+        );
+        let now = self.server_now_ms();
+        let trace_id = opts.trace_id.clone().or_else(|| {
+            Some(format!(
+                "00-{:016x}{:016x}-{:016x}-01",
+                random_u64(),
+                random_u64(),
+                random_u64()
+            ))
+        });
+        self.shared.with_rec(|r| {
+            let id = r.commands.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+            r.commands.push(CommandRecord {
+                id,
+                app: app.into(),
+                command: command.into(),
+                argument: argument.map(Into::into),
+                start_time_ms: opts.start_time_ms.filter(|t| *t > 0),
+                expire_ms: opts.expire_ms.filter(|t| *t > 0),
+                trace_id,
+                created_ms: now,
+                status: command_status::READY,
+                times: 0,
+                delivered_in: Vec::new(),
+                result: None,
+                cancelled_by_server: false,
+                replies: Vec::new(),
+            });
+            id
+        })
+    }
+    /// All commands queued so far, by id.
+    pub fn commands(&self) -> Vec<CommandRecord> {
+        lock(&self.shared.rec).commands.clone()
+    }
+    pub fn command(&self, id: i64) -> Option<CommandRecord> {
+        lock(&self.shared.rec)
+            .commands
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+    }
+    pub fn command_replies(&self) -> Vec<CommandReplyRecord> {
+        lock(&self.shared.rec).command_replies.clone()
+    }
+    /// Accepted events (one per row).
+    pub fn events(&self) -> Vec<EventRecord> {
+        lock(&self.shared.rec).events.clone()
+    }
+    /// Panics listing every command that was delivered at least once but has no final status
+    /// from a reply (the client must answer each command once with 2, 3 or 4; C4.8).
+    pub fn assert_commands_answered(&self) {
+        let open: Vec<String> = self
+            .commands()
+            .into_iter()
+            .filter(|c| !c.delivered_in.is_empty())
+            .filter(|c| c.is_pending() || c.cancelled_by_server)
+            .map(|c| {
+                format!(
+                    "  #{} {:?} status {} after {} deliveries",
+                    c.id,
+                    c.command,
+                    c.status,
+                    c.delivered_in.len()
+                )
+            })
+            .collect();
+        assert!(
+            open.is_empty(),
+            "fake stardust: {} delivered command(s) without a final reply:\n{}",
+            open.len(),
+            open.join("\n")
+        );
     }
 
     // ---- tokens ----------------------------------------------------------------------------
@@ -950,9 +1269,13 @@ impl FakeStardust {
     pub fn totals_by_name(&self) -> BTreeMap<String, (u64, u64)> {
         lock(&self.shared.rec).totals_by_name()
     }
-    /// Forget all records (not apps, settings or faults).
+    /// Forget all records (not apps, settings, faults or queued commands).
     pub fn clear_records(&self) {
-        self.shared.with_rec(|r| *r = Recorded::default());
+        self.shared.with_rec(|r| {
+            let commands = std::mem::take(&mut r.commands);
+            *r = Recorded::default();
+            r.commands = commands;
+        });
     }
     /// Block until `pred` holds on the recorded state (true) or `timeout` passes (false).
     pub fn wait_for(&self, mut pred: impl FnMut(&Recorded) -> bool, timeout: Duration) -> bool {

@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
+use serde_json::Map;
+
 use super::auth::{SecretForm, classify_secret};
+use super::binding::{self, BindError};
 use super::handlers::{Incoming, cookie_token, is_gzip};
 use super::model::{self, Binding, get_ci, utf16_len};
 use super::{Config, Endpoint, Violation};
@@ -121,6 +124,37 @@ pub(crate) fn check(cfg: &Config, inc: &Incoming, json: Option<&Value>) -> Vec<V
         }
     }
 
+    // --- model binding of /App/* bodies (stardust-app-client.md C1.1–C1.3) ---
+    let bound = match binding::bind_request(inc.endpoint, inc.header("content-type"), &inc.body) {
+        Some(Err(e)) => {
+            let rule = match e {
+                BindError::MediaType(_) => "http-415",
+                BindError::Invalid(_) => "http-400",
+            };
+            o.add(
+                rule,
+                format!(
+                    "the real server rejects this {} {} body: {}",
+                    inc.method,
+                    inc.path,
+                    e.describe()
+                ),
+            );
+            None
+        }
+        Some(Ok(v)) => Some(v),
+        None => None,
+    };
+    if let Some(b) = &bound {
+        check_bound(&mut o, cfg, b);
+    }
+    if inc.endpoint == Endpoint::Logout && inc.query_param("reason").is_none_or(|r| r.is_empty()) {
+        o.add(
+            "http-400",
+            "/App/Logout without `reason`: the real server answers HTTP 400 (C1.1)",
+        );
+    }
+
     let obj = json.and_then(Value::as_object);
     match inc.endpoint {
         Endpoint::Login => {
@@ -187,9 +221,153 @@ pub(crate) fn check(cfg: &Config, inc: &Incoming, json: Option<&Value>) -> Vec<V
             }
             check_model(&mut o, cfg, json);
         }
-        Endpoint::Logout | Endpoint::Other => {}
+        Endpoint::Logout | Endpoint::PostEvents | Endpoint::CommandReply | Endpoint::Other => {}
     }
     o.v
+}
+
+/// A string over its database column (C1.4): the real server answers `{code:500}` (or, for
+/// the trimmed columns, this is not called).
+fn check_column(o: &mut Out, m: &Map<String, Value>, key: &str, what: &str, limit: usize) {
+    if let Some(v) = m.get(key).and_then(Value::as_str) {
+        let n = utf16_len(v);
+        if n > limit {
+            o.add(
+                "column-length",
+                format!("{what} {key} is {n} UTF-16 units, over its column of {limit}: the real server answers {{code:500}} (C1.4)"),
+            );
+        }
+    }
+}
+
+/// 2000-01-01T00:00:00Z in Unix ms.
+const Y2000_MS: i64 = 946_684_800_000;
+
+/// Checks on a bound `/App/*` body (PascalCase schema keys).
+fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
+    match o.inc.endpoint {
+        Endpoint::Login => {
+            let Some(m) = b.as_object() else { return };
+            for k in ["AppId", "Code", "AppName", "Version", "ClientId"] {
+                check_column(o, m, k, "login", 50);
+            }
+            check_compile(o, cfg, m);
+        }
+        Endpoint::Ping => {
+            let Some(m) = b.as_object() else { return };
+            for k in ["Version", "UserName", "MachineName"] {
+                check_column(o, m, k, "ping", 50);
+            }
+        }
+        Endpoint::PostEvents => {
+            let events = b.as_array().map(Vec::as_slice).unwrap_or(&[]);
+            if events.len() > 100 {
+                o.add(
+                    "events-batch",
+                    format!(
+                        "{} events in one batch: post at most 100 (C5.2)",
+                        events.len()
+                    ),
+                );
+            }
+            for (i, e) in events.iter().enumerate() {
+                let Some(m) = e.as_object() else {
+                    o.add(
+                        "event-null",
+                        format!(
+                            "event [{i}] is null: the real server fails the batch with {{code:500}}"
+                        ),
+                    );
+                    continue;
+                };
+                check_column(o, m, "Name", &format!("event [{i}]"), 50);
+                let name = m.get("Name").and_then(Value::as_str).unwrap_or("");
+                if name.is_empty() {
+                    o.add(
+                        "event-name",
+                        format!("event [{i}] has no Name (stored as 事件)"),
+                    );
+                }
+                let remark = m.get("Remark").and_then(Value::as_str).map_or(0, utf16_len);
+                if remark > 2000 {
+                    o.add(
+                        "event-remark-long",
+                        format!("event [{i}] Remark is {remark} units: cut it to 2000 before posting (C5.3)"),
+                    );
+                }
+                let t = m.get("Time").and_then(Value::as_i64).unwrap_or(0);
+                if !is_ms13(t) {
+                    o.add(
+                        "time-not-ms",
+                        format!("event [{i}] Time {t} is not UTC ms (C5.1)"),
+                    );
+                }
+                let ty = m.get("Type").and_then(Value::as_str).unwrap_or("");
+                if !["info", "alert", "error"]
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(ty))
+                {
+                    o.add(
+                        "event-type",
+                        format!("event [{i}] Type {ty:?} is not info, alert or error (C5.1)"),
+                    );
+                }
+            }
+        }
+        Endpoint::CommandReply => {
+            let Some(m) = b.as_object() else { return };
+            let st = m.get("Status").and_then(Value::as_i64).unwrap_or(0);
+            if !(1..=4).contains(&st) {
+                o.add(
+                    "command-reply-status",
+                    format!("CommandReply Status {st}: a reply carries 1 (scheduled) or a final 2, 3 or 4 (C4.8)"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Compile` of a login (C1.7): when sent, it must be the build time in UTC ms: not seconds,
+/// not before 2000, not later than the login's own `Time`, and not "now".
+fn check_compile(o: &mut Out, cfg: &Config, m: &Map<String, Value>) {
+    let c = m.get("Compile").and_then(Value::as_i64).unwrap_or(0);
+    if c == 0 {
+        if cfg.settings.require_compile {
+            o.add(
+                "compile-missing",
+                "login without Compile: send the build time as UTC ms (C1.7)",
+            );
+        }
+        return;
+    }
+    let time = m
+        .get("Time")
+        .and_then(Value::as_i64)
+        .filter(|t| is_ms13(*t));
+    if c < 0 || c <= 3_153_600_000 {
+        o.add(
+            "compile-not-ms",
+            format!("login Compile {c} is not Unix ms (the server reads it as seconds) (C1.7)"),
+        );
+    } else if c < Y2000_MS {
+        o.add(
+            "compile-implausible",
+            format!("login Compile {c} is before 2000 (C1.7)"),
+        );
+    } else if let Some(t) = time {
+        if c > t + 1000 {
+            o.add(
+                "compile-future",
+                format!("login Compile {c} is after the login's Time {t}: not a build time (C1.7)"),
+            );
+        } else if t - c < 1000 {
+            o.add(
+                "compile-is-now",
+                format!("login Compile {c} is within 1 s of the login's Time {t}: send the build time, never \"now\" (C1.7)"),
+            );
+        }
+    }
 }
 
 fn check_version(o: &mut Out, v: Option<String>, required: bool) {

@@ -8,10 +8,12 @@ use std::time::{Instant, SystemTime};
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, TokenClaims, TokenError};
-use super::model::{self, Binding, get_ci, str_ci};
+use super::binding::{self, BindError};
+use super::model::{self, Binding, str_ci, utf16_len};
 use super::{
-    Endpoint, Fault, LoginRecord, LogoutRecord, PingRecord, RecordedRequest, RecordedResponse,
-    ReportRecord, Shared, WrongSecret, checks, lock, random_alnum, random_u64,
+    AppMeta, CommandReplyRecord, Endpoint, EventRecord, Fault, LoginRecord, LogoutRecord,
+    PingRecord, RecordedRequest, RecordedResponse, ReportRecord, Shared, Violation, WrongSecret,
+    checks, command_status, lock, random_alnum, random_u64,
 };
 
 pub(crate) struct Reply {
@@ -35,12 +37,18 @@ impl Reply {
             body: Vec::new(),
         }
     }
-    fn problem_400(detail: &str) -> Reply {
+    /// ASP.NET's automatic 400 (ValidationProblemDetails, no `code`). Like STJ, which stops at
+    /// the first conversion error, only the first error is reported.
+    fn problem_400_errors(errs: &[(String, String)]) -> Reply {
+        let mut errors = Map::new();
+        if let Some((path, msg)) = errs.first() {
+            errors.insert(path.clone(), json!([msg]));
+        }
         let body = json!({
             "type": "https://tools.ietf.org/html/rfc9110#section-15.5.1",
             "title": "One or more validation errors occurred.",
             "status": 400,
-            "errors": {"": [detail]},
+            "errors": errors,
             "traceId": format!("00-{}-{}-00", trace_id(), &trace_id()[..16]),
         });
         Reply {
@@ -341,7 +349,11 @@ fn envelope_err(sh: &Shared, code: i64, message: &str, with_trace_id: bool) -> R
 fn route(sh: &Shared, inc: &Incoming) -> Reply {
     let m = inc.method.to_ascii_uppercase();
     let allowed = match inc.endpoint {
-        Endpoint::Login | Endpoint::Report | Endpoint::ReportRaw => m == "POST",
+        Endpoint::Login
+        | Endpoint::Report
+        | Endpoint::ReportRaw
+        | Endpoint::PostEvents
+        | Endpoint::CommandReply => m == "POST",
         Endpoint::Ping | Endpoint::Logout => m == "POST" || m == "GET",
         Endpoint::Other => return Reply::empty(404),
     };
@@ -354,7 +366,69 @@ fn route(sh: &Shared, inc: &Incoming) -> Reply {
         Endpoint::Logout => logout(sh, inc),
         Endpoint::Report => report(sh, inc, false),
         Endpoint::ReportRaw => report(sh, inc, true),
+        Endpoint::PostEvents => post_events(sh, inc),
+        Endpoint::CommandReply => command_reply(sh, inc),
         Endpoint::Other => Reply::empty(404),
+    }
+}
+
+/// Binds the `[FromBody]` model of an `/App/*` action; the error is the automatic 415/400.
+fn bind(inc: &Incoming) -> Result<Map<String, Value>, Reply> {
+    match binding::bind_request(inc.endpoint, inc.header("content-type"), &inc.body) {
+        Some(Ok(Value::Object(m))) => Ok(m),
+        Some(Ok(Value::Array(a))) => {
+            // PostEvents: wrap the array so callers get one shape.
+            let mut m = Map::new();
+            m.insert("$".into(), Value::Array(a));
+            Ok(m)
+        }
+        Some(Ok(_)) | None => Ok(Map::new()),
+        Some(Err(BindError::MediaType(_))) => Err(Reply::empty(415)),
+        Some(Err(BindError::Invalid(errs))) => Err(Reply::problem_400_errors(&errs)),
+    }
+}
+
+fn bound_i64(m: &Map<String, Value>, k: &str) -> i64 {
+    m.get(k).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn bound_str(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(String::from)
+}
+
+/// XCode's string-column check on insert/update (C1.4): the message of the
+/// `ArgumentOutOfRangeException` the action turns into `{code:500}`.
+fn column_error(value: Option<&str>, field: &str, table: &str, limit: usize) -> Option<String> {
+    let v = value?;
+    let n = utf16_len(v);
+    (n > limit).then(|| {
+        format!("[{field}/{table}]长度限制{limit}字符，实际长度{n}字符 (Parameter '{field}')")
+    })
+}
+
+fn violation(inc: &Incoming, rule: &str, detail: impl Into<String>) -> Violation {
+    Violation {
+        seq: inc.seq,
+        endpoint: inc.endpoint,
+        rule: rule.into(),
+        detail: detail.into(),
+    }
+}
+
+/// `App.Compile` + 30 days < now, the condition under which a ping parses versions (C1.5).
+const THIRTY_DAYS_MS: i64 = 30 * 86_400_000;
+
+/// What `AppOnline.Fill` does with a non-empty `Version` against the `App` record (C1.5):
+/// `Ok(Some(v))` = store `v` as `App.Version`; `Err` = the `System.Version` exception message.
+fn fill_version(meta: &AppMeta, version: &str, now_ms: i64) -> Result<Option<String>, String> {
+    match meta.version.as_deref().filter(|v| !v.is_empty()) {
+        None => Ok(Some(version.to_string())),
+        Some(stored) if meta.compile_ms + THIRTY_DAYS_MS < now_ms => {
+            let new = binding::parse_dotnet_version(version)?;
+            let old = binding::parse_dotnet_version(stored)?;
+            Ok((new > old).then(|| version.to_string()))
+        }
+        Some(_) => Ok(None),
     }
 }
 
@@ -442,9 +516,11 @@ fn issue(sh: &Shared, app: &str, client_id: &str) -> (String, i64) {
 // ---- /App/Login --------------------------------------------------------------------------------
 
 fn login(sh: &Shared, inc: &Incoming) -> Reply {
-    let Some(obj) = json_object(&inc.body) else {
-        return Reply::problem_400("A non-empty request body is required.");
+    let bound = match bind(inc) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
+    let obj = json_object(&inc.body).unwrap_or_default();
     let app_id = str_ci(&obj, "AppId")
         .filter(|s| !s.is_empty())
         .or_else(|| str_ci(&obj, "Code").filter(|s| !s.is_empty()));
@@ -453,18 +529,23 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
         .unwrap_or_else(|| random_alnum(8));
     let sent = str_ci(&obj, "Secret");
     let version = str_ci(&obj, "Version");
+    let app_name = str_ci(&obj, "AppName").filter(|s| !s.is_empty());
+    let compile = bound.get("Compile").and_then(Value::as_i64);
+    // NewLife ToDateTime: ms above 3,153,600,000, else seconds (C1.7).
+    let compile_ms = model::unix_to_ms(compile.unwrap_or(0).max(0));
     let body = Value::Object(obj);
     let now_ms = sh.server_now_ms();
     let mut rec = LoginRecord {
         seq: inc.seq,
         app_id: app_id.clone().unwrap_or_default(),
         client_id: client_id.clone(),
-        version,
+        version: version.clone(),
         secret: auth::verify_secret(None, sent.as_deref(), 0, 0),
         code: 0,
         token: None,
         auto_registered: false,
         disclosed_secret: false,
+        compile,
         body,
     };
     let Some(app_id) = app_id else {
@@ -472,10 +553,15 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
         sh.with_rec(|r| r.logins.push(rec));
         return envelope_err(sh, 500, "应用标识AppId/Code不能为空", false);
     };
+    // Columns of AppOnline written by every successful login (C1.4).
+    let online_error = || {
+        column_error(version.as_deref(), "Version", "应用在线", 50)
+            .or_else(|| column_error(Some(&client_id), "Client", "应用在线", 50))
+    };
 
     // Decide under the config lock; build the reply after.
     enum Outcome {
-        Err(i64, &'static str),
+        Err(i64, String),
         Ok {
             enabled: bool,
             disclose: Option<(String, String)>,
@@ -492,39 +578,89 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
                     now_ms.div_euclid(1000),
                     s.salt_time_secs,
                 );
-                if !app.enabled {
-                    Outcome::Err(403, "禁止登录")
+                let disclose = if !app.enabled {
+                    Err(Outcome::Err(403, "禁止登录".into()))
                 } else if rec.secret.ok {
-                    Outcome::Ok {
-                        enabled: true,
-                        disclose: None,
-                    }
+                    Ok(None)
                 } else if s.wrong_secret == WrongSecret::Strict {
-                    Outcome::Err(401, "非法访问 密钥错误")
+                    Err(Outcome::Err(401, "非法访问 密钥错误".into()))
                 } else {
-                    Outcome::Ok {
-                        enabled: true,
-                        disclose: Some((app.name.clone(), app.secret.clone().unwrap_or_default())),
+                    Ok(Some((
+                        app.name.clone(),
+                        app.secret.clone().unwrap_or_default(),
+                    )))
+                };
+                match disclose {
+                    Err(o) => o,
+                    Ok(disclose) => {
+                        let meta = cfg.meta.entry(app_id.clone()).or_default().clone();
+                        let newer = meta.compile_ms < compile_ms;
+                        let display_err = meta
+                            .display_name
+                            .is_none()
+                            .then(|| {
+                                column_error(app_name.as_deref(), "DisplayName", "应用系统", 50)
+                            })
+                            .flatten();
+                        let app_version_err = newer
+                            .then(|| column_error(version.as_deref(), "Version", "应用系统", 50))
+                            .flatten();
+                        match display_err.or(app_version_err).or_else(online_error) {
+                            Some(e) => Outcome::Err(500, e),
+                            None => {
+                                let m = cfg.meta.entry(app_id.clone()).or_default();
+                                if newer {
+                                    // Only a strictly newer build replaces both (C1.7).
+                                    m.compile_ms = compile_ms;
+                                    m.version = version.clone();
+                                }
+                                if m.display_name.is_none() {
+                                    m.display_name = app_name.clone();
+                                }
+                                Outcome::Ok {
+                                    enabled: true,
+                                    disclose,
+                                }
+                            }
+                        }
                     }
                 }
             }
             None => {
-                let secret = random_alnum(16);
-                let enabled = s.auto_register_enabled;
-                cfg.apps.insert(
-                    app_id.clone(),
-                    super::AppEntry {
-                        name: app_id.clone(),
-                        secret: Some(secret.clone()),
-                        enabled,
-                        auto_registered: true,
-                    },
-                );
-                rec.auto_registered = true;
-                rec.secret.detail = "unknown app: auto-registered".into();
-                Outcome::Ok {
-                    enabled,
-                    disclose: Some((app_id.clone(), secret)),
+                let insert_err = column_error(Some(&app_id), "Name", "应用系统", 50)
+                    .or_else(|| column_error(app_name.as_deref(), "DisplayName", "应用系统", 50))
+                    .or_else(|| column_error(version.as_deref(), "Version", "应用系统", 50))
+                    .or_else(online_error);
+                match insert_err {
+                    Some(e) => Outcome::Err(500, e),
+                    None => {
+                        let secret = random_alnum(16);
+                        let enabled = s.auto_register_enabled;
+                        cfg.apps.insert(
+                            app_id.clone(),
+                            super::AppEntry {
+                                name: app_id.clone(),
+                                secret: Some(secret.clone()),
+                                enabled,
+                                auto_registered: true,
+                            },
+                        );
+                        // A new app takes the login's Compile (1970 when 0) and Version (C1.7).
+                        cfg.meta.insert(
+                            app_id.clone(),
+                            AppMeta {
+                                version: version.clone(),
+                                compile_ms,
+                                display_name: app_name.clone(),
+                            },
+                        );
+                        rec.auto_registered = true;
+                        rec.secret.detail = "unknown app: auto-registered".into();
+                        Outcome::Ok {
+                            enabled,
+                            disclose: Some((app_id.clone(), secret)),
+                        }
+                    }
                 }
             }
         }
@@ -532,7 +668,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
     let reply = match outcome {
         Outcome::Err(code, msg) => {
             rec.code = code;
-            envelope_err(sh, code, msg, false)
+            envelope_err(sh, code, &msg, false)
         }
         Outcome::Ok { enabled, disclose } => {
             let (token, expire) = if enabled {
@@ -552,7 +688,28 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
             )
         }
     };
-    sh.with_rec(|r| r.logins.push(rec));
+    sh.with_rec(|r| {
+        // A build time is constant for a build: one process (ClientId) must not change it.
+        if let Some(c) = rec.compile.filter(|c| *c != 0) {
+            let prev = r
+                .logins
+                .iter()
+                .filter(|l| l.app_id == rec.app_id && l.client_id == rec.client_id)
+                .filter_map(|l| l.compile.filter(|p| *p != 0 && *p != c))
+                .next_back();
+            if let Some(p) = prev {
+                r.violations.push(violation(
+                    inc,
+                    "compile-changed",
+                    format!(
+                        "Compile {c} differs from {p} sent by an earlier login of {:?}: send the build time, constant per build (C1.7)",
+                        rec.client_id
+                    ),
+                ));
+            }
+        }
+        r.logins.push(rec)
+    });
     reply
 }
 
@@ -563,38 +720,142 @@ fn ping(sh: &Shared, inc: &Incoming) -> Reply {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(obj) = json_object(&inc.body) else {
-        return Reply::problem_400("A non-empty request body is required.");
+    let bound = match bind(inc) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
+    let obj = json_object(&inc.body).unwrap_or_default();
     let now_ms = sh.server_now_ms();
-    let time = get_ci(&obj, "Time")
-        .and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .unwrap_or(0);
-    let (window, period) = {
-        let cfg = lock(&sh.cfg);
+    let time = bound_i64(&bound, "Time");
+    let version = bound_str(&bound, "Version").filter(|v| !v.is_empty());
+
+    // AppOnline.Fill, then Save (C1.4, C1.5): a version the App record cannot compare, or a
+    // string over its column, throws → {code:500}; nothing after it happens.
+    let (window, period, failure, utc, tz) = {
+        let mut cfg = lock(&sh.cfg);
+        let meta = cfg.meta.entry(claims.sub.clone()).or_default();
+        let failure = match version.as_deref().map(|v| fill_version(meta, v, now_ms)) {
+            Some(Err(e)) => Some(e),
+            other => {
+                let err = column_error(version.as_deref(), "Version", "应用在线", 50)
+                    .or_else(|| {
+                        column_error(
+                            bound_str(&bound, "UserName").as_deref(),
+                            "UserName",
+                            "应用在线",
+                            50,
+                        )
+                    })
+                    .or_else(|| {
+                        column_error(
+                            bound_str(&bound, "MachineName").as_deref(),
+                            "MachineName",
+                            "应用在线",
+                            50,
+                        )
+                    });
+                if err.is_none() {
+                    if let Some(Ok(Some(v))) = other {
+                        meta.version = Some(v);
+                    }
+                }
+                err
+            }
+        };
+        let utc = binding::year_of(meta.compile_ms) >= 2025;
         (
             cfg.settings.token_refresh_window.as_millis() as i64,
             cfg.settings.ping_period,
+            failure,
+            utc,
+            cfg.settings.server_utc_offset_min,
         )
     };
+    if let Some(msg) = failure {
+        sh.with_rec(|r| {
+            r.violations.push(violation(
+                inc,
+                "ping-500",
+                format!("the real server answers this ping {{code:500}}: {msg}"),
+            ));
+            r.pings.push(PingRecord {
+                seq: inc.seq,
+                app: claims.sub.clone(),
+                client_id: claims.jti.clone(),
+                body: Value::Object(obj),
+                new_token: None,
+                code: 500,
+                commands: Vec::new(),
+            })
+        });
+        return envelope_err(sh, 500, &msg, true);
+    }
     let new_token =
         (claims.exp * 1000 - now_ms < window).then(|| issue(sh, &claims.sub, &claims.jti).0);
-    sh.with_rec(|r| {
+    let commands = sh.with_rec(|r| {
+        let cmds = deliver_commands(r, &claims.sub, inc.seq, now_ms, utc, tz);
         r.pings.push(PingRecord {
             seq: inc.seq,
             app: claims.sub.clone(),
             client_id: claims.jti.clone(),
             body: Value::Object(obj),
             new_token: new_token.clone(),
-        })
+            code: 0,
+            commands: cmds.iter().filter_map(|c| c["id"].as_i64()).collect(),
+        });
+        cmds
     });
+    let commands = if commands.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(commands)
+    };
     envelope_ok(
         sh,
-        json!({"time": time, "serverTime": now_ms, "period": period, "token": new_token, "newServer": null, "commands": null}),
+        json!({"time": time, "serverTime": now_ms, "period": period, "token": new_token, "newServer": null, "commands": commands}),
     )
+}
+
+/// The server's per-ping command pass (C4.6): up to 100 pending commands of the app, oldest
+/// first; cancel those sent more than 10 times (100 with an expiry) or expired; count a send only
+/// when due; every listed command becomes status 1. Returns the camelCase `CommandModel`s.
+fn deliver_commands(
+    r: &mut super::Recorded,
+    app: &str,
+    seq: u64,
+    now_ms: i64,
+    utc: bool,
+    tz: i32,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let pending = r
+        .commands
+        .iter_mut()
+        .filter(|c| c.app == app && c.is_pending())
+        .take(100);
+    for c in pending {
+        let max_times = if c.expire_ms.is_some() { 100 } else { 10 };
+        if c.times > max_times || c.expire_ms.is_some_and(|e| e < now_ms) {
+            c.status = command_status::CANCELLED;
+            c.cancelled_by_server = true;
+            continue;
+        }
+        if c.start_time_ms.is_none_or(|t| t <= now_ms) {
+            c.times += 1;
+        }
+        c.status = command_status::PROCESSING;
+        c.delivered_in.push(seq);
+        out.push(json!({
+            "id": c.id,
+            "command": c.command,
+            "argument": c.argument,
+            "startTime": binding::command_time_text(c.start_time_ms, utc, tz),
+            "expire": binding::command_time_text(c.expire_ms, utc, tz),
+            "traceId": c.trace_id,
+            "status": 0,
+        }));
+    }
+    out
 }
 
 // ---- /App/Logout -------------------------------------------------------------------------------
@@ -604,7 +865,14 @@ fn logout(sh: &Shared, inc: &Incoming) -> Reply {
         Ok(c) => c,
         Err(r) => return r,
     };
+    // `String reason` is a non-nullable [FromQuery] parameter: required (C1.1).
     let reason = inc.query_param("reason");
+    if reason.as_deref().is_none_or(str::is_empty) {
+        return Reply::problem_400_errors(&[(
+            "reason".into(),
+            "The reason field is required.".into(),
+        )]);
+    }
     sh.with_rec(|r| {
         r.logouts.push(LogoutRecord {
             seq: inc.seq,
@@ -618,6 +886,174 @@ fn logout(sh: &Shared, inc: &Incoming) -> Reply {
         sh,
         json!({"code": null, "secret": null, "name": claims.sub, "token": null, "expire": 0, "time": 0, "serverTime": now_ms}),
     )
+}
+
+// ---- /App/PostEvents ---------------------------------------------------------------------------
+
+fn post_events(sh: &Shared, inc: &Incoming) -> Reply {
+    let claims = match authorize(sh, inc) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let bound = match bind(inc) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let events = match bound.get("$") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    // Every row is validated before the batch insert: one bad row fails all (C5.1).
+    for e in &events {
+        let Value::Object(e) = e else {
+            return envelope_err(
+                sh,
+                500,
+                "Object reference not set to an instance of an object.",
+                true,
+            );
+        };
+        if let Some(msg) = column_error(bound_str(e, "Name").as_deref(), "Action", "应用历史", 50)
+        {
+            return envelope_err(sh, 500, &msg, true);
+        }
+    }
+    let now_ms = sh.server_now_ms();
+    let rows: Vec<EventRecord> = events
+        .iter()
+        .filter_map(Value::as_object)
+        .map(|e| {
+            let time = bound_i64(e, "Time");
+            let event_type = bound_str(e, "Type");
+            let remark = bound_str(e, "Remark").map(|r| cut_utf16(&r, 2000));
+            let t_ms = model::unix_to_ms(time);
+            EventRecord {
+                seq: inc.seq,
+                app: claims.sub.clone(),
+                client_id: claims.jti.clone(),
+                time,
+                success: !event_type
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("error")),
+                event_type,
+                name: bound_str(e, "Name"),
+                remark,
+                created_ms: if time > 0 && binding::year_of(t_ms) > 2000 {
+                    t_ms
+                } else {
+                    now_ms
+                },
+            }
+        })
+        .collect();
+    let n = rows.len();
+    sh.with_rec(|r| r.events.extend(rows));
+    envelope_ok(sh, json!(n))
+}
+
+/// The first `limit` UTF-16 units of `s` (not splitting a surrogate pair).
+fn cut_utf16(s: &str, limit: usize) -> String {
+    let mut n = 0;
+    let mut out = String::new();
+    for c in s.chars() {
+        n += c.len_utf16();
+        if n > limit {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---- /App/CommandReply -------------------------------------------------------------------------
+
+fn command_reply(sh: &Shared, inc: &Incoming) -> Reply {
+    let claims = match authorize(sh, inc) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let bound = match bind(inc) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let sent_id = bound_i64(&bound, "Id");
+    // The server casts the id to Int32 (C4.5).
+    let id = i64::from(sent_id as i32);
+    let status = bound_i64(&bound, "Status");
+    let data = bound_str(&bound, "Data");
+    let mut rec = CommandReplyRecord {
+        seq: inc.seq,
+        app: claims.sub.clone(),
+        client_id: claims.jti.clone(),
+        id: sent_id,
+        status,
+        data: data.clone(),
+        code: 0,
+        data_reply: json!(0),
+    };
+    sh.with_rec(|r| {
+        let mut vs = Vec::new();
+        match r.commands.iter_mut().find(|c| c.id == id && id > 0) {
+            None => vs.push(violation(
+                inc,
+                "command-reply-unknown",
+                format!("reply for unknown command id {sent_id}: the server answers data 0"),
+            )),
+            Some(c) if c.app != claims.sub => {
+                rec.code = 403;
+                rec.data_reply = Value::Null;
+                vs.push(violation(
+                    inc,
+                    "command-reply-foreign",
+                    format!(
+                        "reply for command {id} of app {:?} with a token of {:?}: the server answers 403",
+                        c.app, claims.sub
+                    ),
+                ));
+            }
+            Some(c) => {
+                let earlier: Vec<i64> = r
+                    .command_replies
+                    .iter()
+                    .filter(|q| q.code == 0 && q.data_reply == json!(1))
+                    .filter(|q| i64::from(q.id as i32) == id)
+                    .map(|q| q.status)
+                    .collect();
+                let had_final = earlier.iter().any(|s| (2..=4).contains(s));
+                let had_processing = earlier.contains(&command_status::PROCESSING);
+                if had_final || (status == command_status::PROCESSING && had_processing) {
+                    vs.push(violation(
+                        inc,
+                        "command-reply-twice",
+                        format!(
+                            "command {id} ({:?}) answered again (earlier statuses {earlier:?}, now {status}): reply once per id with a final status (C4.8)",
+                            c.command
+                        ),
+                    ));
+                }
+                if status == command_status::PROCESSING && c.start_time_ms.is_none() {
+                    vs.push(violation(
+                        inc,
+                        "command-reply-processing",
+                        format!(
+                            "status 1 for command {id} ({:?}), which has no start time: status 1 is only for a scheduled command (C4.8)",
+                            c.command
+                        ),
+                    ));
+                }
+                c.status = status;
+                c.result = data.as_deref().map(|d| cut_utf16(d, 500));
+                c.replies.push(inc.seq);
+                rec.data_reply = json!(1);
+            }
+        }
+        r.violations.extend(vs);
+        r.command_replies.push(rec.clone());
+    });
+    if rec.code == 403 {
+        return envelope_err(sh, 403, "非法操作", true);
+    }
+    envelope_ok(sh, rec.data_reply)
 }
 
 // ---- /Trace/Report(Raw) ------------------------------------------------------------------------
@@ -700,6 +1136,34 @@ fn report(sh: &Shared, inc: &Incoming, raw: bool) -> Reply {
         );
     }
     let now_ms = sh.server_now_ms();
+    // A report carrying `Info` runs the same AppOnline.Fill as a ping (C1.5).
+    let info_version = model["Info"]
+        .as_object()
+        .and_then(|i| str_ci(i, "Version"))
+        .filter(|v| !v.is_empty());
+    if let Some(v) = info_version {
+        let res = {
+            let mut cfg = lock(&sh.cfg);
+            let meta = cfg.meta.entry(app_id.clone()).or_default();
+            let res = fill_version(meta, &v, now_ms);
+            if let Ok(Some(new)) = &res {
+                meta.version = Some(new.clone());
+            }
+            res
+        };
+        if let Err(msg) = res {
+            sh.with_rec(|r| {
+                r.violations.push(violation(
+                    inc,
+                    "report-500",
+                    format!(
+                        "the real server answers this report {{code:500}} (Info.Version): {msg}"
+                    ),
+                ))
+            });
+            return envelope_err(sh, 500, &msg, true);
+        }
+    }
     let excludes = trc.excludes.clone().unwrap_or_default();
     let (mut accepted, mut dropped) = (Vec::new(), Vec::new());
     for b in model["Builders"].as_array().cloned().unwrap_or_default() {

@@ -157,19 +157,24 @@ pub(crate) fn bind_trace_model(v: &Value, mode: Binding) -> Result<Value, String
         Some(_) if mode == Binding::Strict => return Err("Builders: not an array".into()),
         Some(_) => Vec::new(),
     };
+    let info = get_ci(obj, "Info").cloned().unwrap_or(Value::Null);
+    if mode == Binding::Strict && !info.is_null() {
+        super::binding::bind_app_info(&info, "$.Info")?;
+    }
     Ok(json!({
         "AppId": string_field(obj, "AppId", mode)?,
         "AppName": string_field(obj, "AppName", mode)?,
         "ClientId": string_field(obj, "ClientId", mode)?,
         "Version": string_field(obj, "Version", mode)?,
-        "Info": get_ci(obj, "Info").cloned().unwrap_or(Value::Null),
+        "Info": info,
         "Builders": builders,
     }))
 }
 
-/// Unix time → ms like NewLife `ToDateTime`: an int64 above 3.15e9 is ms, else seconds.
+/// Unix time → ms like NewLife `ToDateTime`: an int64 above 3,153,600,000 is ms, else seconds
+/// (stardust-app-client.md C1.7).
 pub(crate) fn unix_to_ms(t: i64) -> i64 {
-    if t > 3_150_000_000 {
+    if t > 3_153_600_000 {
         t
     } else {
         t.saturating_mul(1000)
