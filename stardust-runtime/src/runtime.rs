@@ -210,25 +210,43 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     Ok(Guard { _private: () })
 }
 
+/// What is sent when the application's version is not known: the lowest valid
+/// `System.Version`, so it never wins the server's "newer version" comparison. A version must
+/// be sent: the server leaves `excludes` out of its report replies without one.
+const UNKNOWN_VERSION: &str = "0.0";
+
 /// The version sent to the server: `StarVersion`/[`Config::version`], else the crate's
 /// ([`config!`](crate::config!)), as a .NET `System.Version`; one log line when it had to be
-/// changed. `None` (no version sent) when none is known or none has a number.
+/// changed; [`UNKNOWN_VERSION`] when none is known or none has a number.
 fn application_version(config: &Config) -> Option<String> {
-    let given = config
+    let Some(given) = config
         .version
         .clone()
-        .or_else(|| config.application.as_ref().map(|a| a.version.clone()))?;
-    let sent = crate::config::normalize_version(&given);
-    match &sent {
-        Some(v) if *v != given => log::info!(
-            "stardust: version `{given}` is sent as `{v}` (the server needs a .NET System.Version: 2 to 4 numbers)"
-        ),
-        Some(_) => {}
-        None => log::warn!(
-            "stardust: version `{given}` has no number the server could read; no version is sent"
-        ),
+        .or_else(|| config.application.as_ref().map(|a| a.version.clone()))
+    else {
+        if !config.servers.is_empty() {
+            log::info!(
+                "stardust: the application's version is not known; `{UNKNOWN_VERSION}` is sent (start with init!() or config!(), or set StarVersion)"
+            );
+        }
+        return Some(UNKNOWN_VERSION.to_owned());
+    };
+    match crate::config::normalize_version(&given) {
+        Some(v) => {
+            if v != given {
+                log::info!(
+                    "stardust: version `{given}` is sent as `{v}` (the server needs a .NET System.Version: 2 to 4 numbers)"
+                );
+            }
+            Some(v)
+        }
+        None => {
+            log::warn!(
+                "stardust: version `{given}` has no number the server could read; `{UNKNOWN_VERSION}` is sent"
+            );
+            Some(UNKNOWN_VERSION.to_owned())
+        }
     }
-    sent
 }
 
 /// Cuts the current period now: every span finished before this call (on any thread whose
