@@ -45,7 +45,52 @@ fn count(n: i64, noun: &str) -> String {
     }
 }
 
-/// Renders a model as an aligned table (no colour codes when `color` is false).
+/// Most operations shown per period; the rest are summed in one line.
+pub(crate) const MAX_ROWS: usize = 40;
+
+/// The average cost as the web UI computes it: for 50 calls or more the slowest one is left
+/// out, `(cost − max) / (total − 1)`. (The UI then rounds to whole ms; the table keeps a
+/// decimal, which matters for fast operations.)
+fn ui_average(total: i64, cost: i64, max: i64) -> f64 {
+    if total >= 50 {
+        (cost - max) as f64 / (total - 1) as f64
+    } else if total > 0 {
+        cost as f64 / total as f64
+    } else {
+        0.0
+    }
+}
+
+/// Calls per second over the builder's window (the .NET console's `Speed`).
+fn tps(total: i64, window_ms: i64) -> String {
+    if window_ms <= 0 {
+        return "-".to_owned();
+    }
+    let v = total as f64 * 1000.0 / window_ms as f64;
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Errors as a percentage of calls.
+fn error_rate(errors: i64, total: i64) -> String {
+    if errors == 0 || total == 0 {
+        "0%".to_owned()
+    } else {
+        let p = errors as f64 * 100.0 / total as f64;
+        if p >= 10.0 {
+            format!("{p:.0}%")
+        } else {
+            format!("{p:.1}%")
+        }
+    }
+}
+
+/// Renders a model as an aligned table (no colour codes when `color` is false): the busiest
+/// [`MAX_ROWS`] operations, with calls, errors, error rate, calls per second, the average as
+/// the web UI computes it, min, max, the summed `Value` and a sample's trace id.
 pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
     let mut out = String::new();
     let spans: i64 = model.builders.iter().map(|b| b.total as i64).sum();
@@ -58,31 +103,33 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
         .unwrap_or(0);
     let _ = writeln!(
         out,
-        "stardust: {} — {}, {}, {} over {}",
+        "stardust: {} — {}, {}, {} over {} ({} calls/s)",
         model.app_id,
         count(model.builders.len() as i64, "operation"),
         count(spans, "span"),
         count(errors, "error"),
-        ms(window as f64)
+        ms(window as f64),
+        tps(spans, window)
     );
-    let headers = [
+    const COLS: usize = 10;
+    let headers: [&str; COLS] = [
         "operation",
         "total",
         "errors",
+        "err%",
+        "tps",
         "avg",
         "min",
         "max",
+        "value",
         "sample trace",
     ];
-    let rows: Vec<[String; 7]> = model
-        .builders
+    let mut busiest: Vec<_> = model.builders.iter().collect();
+    busiest.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.name.cmp(&b.name)));
+    let rest = busiest.split_off(busiest.len().min(MAX_ROWS));
+    let rows: Vec<[String; COLS]> = busiest
         .iter()
         .map(|b| {
-            let avg = if b.total > 0 {
-                b.cost as f64 / b.total as f64
-            } else {
-                0.0
-            };
             let sample = b
                 .error_samples
                 .iter()
@@ -91,13 +138,17 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
                 .next()
                 .map(|s| s.trace_id.clone())
                 .unwrap_or_else(|| "-".to_owned());
+            let total = b.total as i64;
             [
                 b.name.clone(),
                 b.total.to_string(),
                 b.errors.to_string(),
-                ms(avg),
+                error_rate(b.errors as i64, total),
+                tps(total, b.end_time - b.start_time),
+                ms(ui_average(total, b.cost, b.max_cost as i64)),
                 ms(b.min_cost.max(0) as f64),
                 ms(b.max_cost as f64),
+                b.value.to_string(),
                 sample,
             ]
         })
@@ -108,22 +159,22 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 7], highlight: bool| {
+    let line = |cells: [&str; COLS], highlight: bool| {
         let mut l = String::from("  ");
         for (i, c) in cells.iter().enumerate() {
             let pad = widths[i] - c.chars().count();
-            if i == 0 || i == 6 {
+            if i == 0 || i == COLS - 1 {
                 l.push_str(c);
                 l.extend(std::iter::repeat_n(' ', pad));
             } else {
                 l.extend(std::iter::repeat_n(' ', pad));
-                if i == 2 && highlight {
+                if (i == 2 || i == 3) && highlight {
                     let _ = write!(l, "\x1b[31;1m{c}\x1b[0m");
                 } else {
                     l.push_str(c);
                 }
             }
-            if i < 6 {
+            if i < COLS - 1 {
                 l.push_str("  ");
             }
         }
@@ -133,11 +184,21 @@ pub(crate) fn render(model: &TraceModel, dropped: u64, color: bool) -> String {
     out.push('\n');
     for r in &rows {
         let highlight = color && r[2] != "0";
-        out.push_str(&line(
-            [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5], &r[6]],
-            highlight,
-        ));
+        let cells: [&str; COLS] = std::array::from_fn(|i| r[i].as_str());
+        out.push_str(&line(cells, highlight));
         out.push('\n');
+    }
+    if !rest.is_empty() {
+        let calls: i64 = rest.iter().map(|b| b.total as i64).sum();
+        let errs: i64 = rest.iter().map(|b| b.errors as i64).sum();
+        let _ = writeln!(
+            out,
+            "  … and {} more operation{} ({}, {})",
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" },
+            count(calls, "span"),
+            count(errs, "error")
+        );
     }
     if dropped > 0 {
         let _ = writeln!(out, "  dropped spans (aggregator behind): {dropped}");
@@ -217,6 +278,7 @@ mod tests {
         assert!(lines[0].contains("2 operations, 13 spans, 2 errors"));
         assert!(lines[1].starts_with("  operation"));
         assert!(lines[2].contains("a::long_operation_name") && lines[2].contains("2.5 ms"));
+        assert!(lines[2].contains(" 17% "), "{t}");
         assert!(lines[2].ends_with("abc"));
         assert!(lines[3].contains("12.0 s"));
         // columns line up: "total" header ends where the totals end
@@ -226,5 +288,38 @@ mod tests {
         assert!(lines[4].contains("dropped spans (aggregator behind): 3"));
         let colored = render(&model, 0, true);
         assert!(colored.contains("\x1b[31;1m2\x1b[0m"));
+    }
+
+    #[test]
+    fn busy_tables_are_capped_and_averages_match_the_web_ui() {
+        // The web UI leaves the slowest call out from 50 calls on.
+        assert_eq!(ui_average(50, 49 + 1000, 1000), 1.0);
+        assert_eq!(ui_average(10, 25, 10), 2.5);
+        assert_eq!(tps(500, 1000), "500");
+        assert_eq!(tps(5, 2000), "2.50");
+        let model = TraceModel {
+            app_id: "app".into(),
+            builders: (0..MAX_ROWS as i32 + 5)
+                .map(|i| SpanBuilderModel {
+                    name: format!("op{i}"),
+                    total: i + 1,
+                    errors: i % 2,
+                    start_time: 0,
+                    end_time: 1000,
+                    value: 7,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let t = render(&model, 0, false);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + MAX_ROWS + 1, "{t}");
+        assert!(lines[2].starts_with("  op44"), "busiest first: {t}");
+        assert!(lines[2].contains(" 45 ") && lines[2].contains(" 7 "), "{t}");
+        assert_eq!(
+            *lines.last().unwrap(),
+            "  … and 5 more operations (15 spans, 2 errors)"
+        );
     }
 }
