@@ -307,6 +307,37 @@ pub fn flush() -> Result<(), FlushError> {
     outcome
 }
 
+/// Reports the last period when the process is asked to stop — SIGTERM (how service managers
+/// and orchestrators stop a service) or SIGINT (Ctrl-C) — and then exits with the
+/// conventional status, 128 + the signal's number. Without it those signals end the process
+/// at once and the last period is lost. Feature `signals`, Unix only.
+///
+/// Call it once after [`init`](crate::init); the [`Guard`] stays in `main` as usual, so a
+/// normal return still reports through its drop. The report is bounded by the shutdown
+/// timeout. A program that handles these signals itself should not call this, and instead
+/// drop its `Guard` (or call [`flush`](crate::flush)) in its own handler before exiting.
+///
+/// # Errors
+/// When the signal handlers cannot be installed or the waiting thread cannot start.
+#[cfg(all(feature = "signals", unix))]
+pub fn exit_on_signals() -> std::io::Result<()> {
+    use signal_hook::consts::signal::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("stardust-signals".into())
+        .spawn(move || {
+            local::suppress_this_thread();
+            if let Some(signal) = signals.forever().next() {
+                log::info!(
+                    "stardust: signal {signal} received: reporting the last period, then exiting"
+                );
+                shutdown();
+                std::process::exit(128 + signal);
+            }
+        })?;
+    Ok(())
+}
+
 /// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
 /// fell behind).
 /// Drops are also logged once, and reported in the console table and at shutdown.
