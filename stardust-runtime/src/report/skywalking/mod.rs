@@ -19,7 +19,10 @@
 //! What is sent, and when:
 //! - A segment is the spans of one trace under one root span in this process (a span that
 //!   starts a trace, continues one from headers, or continues a captured context on another
-//!   thread). It is posted when its root span ends, batched with others (`POST /v3/segments`).
+//!   thread). It is posted once all its spans have ended (guards may be dropped in any order;
+//!   see [docs/skywalking.md §3](crate::docs::skywalking)), batched with others
+//!   (`POST /v3/segments`). Span ids are 0, 1, 2, … in start order; the children of an
+//!   [abandoned](crate::SpanGuard::abandon) span hang under its parent.
 //! - Spans keep their [`SpanKind`](crate::SpanKind): entry, exit (needs a peer: an exit span
 //!   with an empty peer is sent as a local span) or local. The layer is `Http` for the spans of
 //!   [`incoming`](crate::incoming) and [`ureq_tracing`](crate::ureq_tracing), else `Unknown` unless set with [`SpanGuard::set_layer`]; the
@@ -170,8 +173,14 @@ pub(crate) struct Stats {
     pub queue_full: AtomicU64,
     /// Spans left out of size-limited segments.
     pub size_limited: AtomicU64,
-    /// Spans whose root never ended in this process.
+    /// Spans whose root never ended in this process, or that ended after their segment was
+    /// sent without them.
     pub orphans: AtomicU64,
+    /// Segments sent with spans still open (their root ended [`OPEN_SPANS_TIMEOUT`] before, or
+    /// at shutdown).
+    ///
+    /// [`OPEN_SPANS_TIMEOUT`]: assembler::OPEN_SPANS_TIMEOUT
+    pub incomplete: AtomicU64,
     /// Segments the OAP never accepted (retry queue overflow, rejected, shutdown).
     pub oap_dropped: AtomicU64,
     /// Segments accepted by the OAP.
@@ -186,9 +195,10 @@ impl Stats {
             get(&self.size_limited),
             get(&self.oap_dropped),
         );
-        if full + limited + lost > 0 {
+        let (orphans, incomplete) = (get(&self.orphans), get(&self.incomplete));
+        if full + limited + lost + orphans + incomplete > 0 {
             log::warn!(
-                "stardust: SkyWalking: {} segments sent; dropped {full} segments (queue full), {lost} segments (not accepted by the OAP), {limited} spans (segment limits)",
+                "stardust: SkyWalking: {} segments sent, {incomplete} of them with spans still open; dropped {full} segments (queue full), {lost} segments (not accepted by the OAP), {limited} spans (segment limits), {orphans} spans (their segment's root never ended, or was sent before them)",
                 get(&self.sent)
             );
         } else {
@@ -432,7 +442,8 @@ impl Propagator for Sw8Propagator {
             cross_process: false,
             trace_id,
             parent_segment: segment::segment_id(v.local_root),
-            parent_span: segment::span_index(v.span_id, v.is_local_root),
+            // The span's position is its `spanId` in the segment (assembler.rs keeps it).
+            parent_span: i32::try_from(v.position).unwrap_or(i32::MAX),
             parent_service: self.identity.service.clone(),
             parent_instance: self.identity.instance.clone(),
             parent_endpoint: if v.local_root_name.is_empty() {
