@@ -1,7 +1,8 @@
 //! Whole SkyWalking segments, against the strict fake OAP: a segment is sent once all its spans
 //! have ended, whatever order their guards are dropped in; its span ids are 0..n-1 in start
 //! order; every `parentSpanId` names a span of the same segment (children of an abandoned span
-//! take its parent); and references name the span ids the parent segment is sent with.
+//! take its parent); references name the span ids the parent segment is sent with; and a
+//! sampling decision received in `sw8` reaches the outgoing `traceparent`.
 #![cfg(feature = "skywalking")]
 
 use stardust_test_support as support;
@@ -10,12 +11,15 @@ use stardust_test_support::common;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 use stardust_runtime::incoming::incoming;
+use stardust_runtime::ureq_tracing::TracingMiddleware;
 use stardust_runtime::{Config, capture, exit_span, flush, init_with, span, trace};
 use support::fake_oap::FakeOap;
 
@@ -363,5 +367,86 @@ fn references_name_the_ids_spans_are_sent_with() {
     assert_eq!(r["parentSpanId"], span_named(main, "second")["spanId"]);
     let sw8: Vec<&str> = headers["sw8"].split('-').collect();
     assert_eq!(sw8[3], span_named(main, "call")["spanId"].to_string());
+    oap.assert_no_violations();
+}
+
+type Headers = Vec<(String, String)>;
+
+/// A server on loopback answering `n` requests with 200, recording their headers.
+fn downstream(n: usize) -> (String, Arc<Mutex<Vec<Headers>>>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(10)) else {
+                return;
+            };
+            let headers = req
+                .headers()
+                .iter()
+                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+                .collect();
+            s.lock().unwrap().push(headers);
+            let _ = req.respond(tiny_http::Response::from_string("ok"));
+        }
+    });
+    (url, seen)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+}
+
+/// A sampling decision received in one protocol's header is kept in the others: `sw8` sample
+/// 1 gives `traceparent` flags 01 (0 gives 00), and a sampled `traceparent` gives `sw8`
+/// sample 1. Stardust's own sampling is off (`max_samples(0)`), so only the caller's decision
+/// can set the flag.
+#[test]
+fn sampling_decisions_cross_protocols() {
+    let _s = common::serial();
+    let oap = FakeOap::start();
+    let (url, seen) = downstream(3);
+    let _guard = init_with(sw_config(&oap, "sampling").max_samples(0)).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .middleware(TracingMiddleware)
+        .build()
+        .into();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let callers: [Headers; 3] = [
+        vec![("sw8".into(), upstream_sw8("1"))],
+        vec![("sw8".into(), upstream_sw8("0"))],
+        vec![("traceparent".into(), traceparent.into())],
+    ];
+    for headers in &callers {
+        let request = incoming("GET", "/pay", headers);
+        agent.get(&format!("{url}/next/hop")).call().unwrap();
+        request.finish(200);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        header(&seen[0], "traceparent").ends_with("-01"),
+        "{:?}",
+        seen[0]
+    );
+    assert!(header(&seen[0], "sw8").starts_with("1-"));
+    assert!(
+        header(&seen[1], "traceparent").ends_with("-00"),
+        "{:?}",
+        seen[1]
+    );
+    assert!(
+        header(&seen[2], "traceparent").ends_with("-01"),
+        "{:?}",
+        seen[2]
+    );
+    assert!(header(&seen[2], "sw8").starts_with("1-"), "{:?}", seen[2]);
+    assert!(flush().is_ok());
     oap.assert_no_violations();
 }

@@ -37,6 +37,9 @@ pub(crate) struct Extracted {
     /// Kept with the context whichever source won.
     pub link: Option<LinkRef>,
     pub correlation: Option<Entries>,
+    /// This protocol's header says the trace is sampled: the context's sampled flag is set,
+    /// whichever source won (`propagation.md` §1.3).
+    pub sampled: bool,
 }
 
 /// A context being written into outgoing headers.

@@ -28,10 +28,12 @@ impl SpanContext {
             None => seam::Extracted::default(),
         };
         let remote = propagation::extract_with(headers, |_| extracted.context.take())?;
+        // A sampling decision from any header is kept (docs/propagation.md §1.3).
+        let sampled = if extracted.sampled { FLAG_SAMPLED } else { 0 };
         Some(SpanContext {
             trace_id: remote.trace_id,
             parent: remote.parent,
-            flags: remote.flags & FLAGS_PROPAGATED,
+            flags: (remote.flags | sampled) & FLAGS_PROPAGATED,
             tracestate: remote.tracestate.map(Arc::from),
             correlation: extracted.correlation,
             link: extracted.link,

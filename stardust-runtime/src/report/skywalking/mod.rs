@@ -50,6 +50,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::collect::aggregator::Tap;
 use crate::error::{ConfigError, InitError};
+use crate::flags::FLAG_SAMPLED;
 use crate::id::{ParentId, TraceId, TraceRepr, is_lower_hex, is_verbatim_id};
 use crate::propagation::seam::{CaptureView, Extracted, InjectView, LinkRef, Propagator};
 use crate::propagation::{self, Extractor, Injector, RemoteContext, Source};
@@ -345,7 +346,8 @@ impl Sw8 {
             } else {
                 ParentId::None
             },
-            flags: 0,
+            // The sample field is SkyWalking's sampling decision: kept as the sampled flag.
+            flags: if self.sampled { FLAG_SAMPLED } else { 0 },
             tracestate: None,
             source: Source::Sw8,
         }
@@ -376,6 +378,7 @@ impl Propagator for Sw8Propagator {
                 acc
             });
         let context = sw8.as_ref().map(Sw8::to_remote);
+        let sampled = sw8.as_ref().is_some_and(|h| h.sampled);
         let link = sw8.map(|h| {
             Arc::new(SwRef {
                 cross_process: true,
@@ -392,6 +395,7 @@ impl Propagator for Sw8Propagator {
             context,
             link,
             correlation: (!correlation.is_empty()).then(|| correlation.into()),
+            sampled,
         }
     }
 
@@ -505,10 +509,11 @@ mod tests {
     fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
         let mut e = propagator().extract(&headers);
         let remote = propagation::extract_with(headers, |_| e.context.take())?;
+        let sampled = if e.sampled { FLAG_SAMPLED } else { 0 };
         Some(SpanContext {
             trace_id: remote.trace_id,
             parent: remote.parent,
-            flags: remote.flags & FLAGS_PROPAGATED,
+            flags: (remote.flags | sampled) & FLAGS_PROPAGATED,
             tracestate: remote.tracestate.map(Arc::from),
             correlation: e.correlation,
             link: e.link,
@@ -574,6 +579,18 @@ mod tests {
         let ctx = extract(&alone[..]).unwrap();
         assert_eq!(ctx.trace_id.to_string(), "1");
         assert_eq!(ctx.parent_id().as_deref(), Some("5.3"));
+        assert_eq!(ctx.flags, FLAG_SAMPLED, "sw8 sample 1 is the sampled flag");
+        let unsampled = SW8_EXAMPLE.replacen('1', "0", 1);
+        assert_eq!(
+            extract(&[("sw8", unsampled.as_str())][..]).unwrap().flags,
+            0
+        );
+        // Whichever source wins, sw8's decision is kept.
+        let tp00 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let ctx = extract(&[("traceparent", tp00), ("sw8", SW8_EXAMPLE)][..]).unwrap();
+        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.flags, FLAG_SAMPLED);
+        let ctx = extract(&[("traceparent", tp00), ("sw8", unsampled.as_str())][..]).unwrap();
         assert_eq!(ctx.flags, 0);
         // A repeated or invalid sw8 is ignored.
         assert!(extract(&[("sw8", SW8_EXAMPLE), ("sw8", SW8_EXAMPLE)][..]).is_none());
