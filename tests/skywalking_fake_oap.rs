@@ -78,7 +78,7 @@ fn refuses_what_the_oap_would_misread() {
         post(&url, Some("application/json"), &json!([v]))
     };
     type Edit<'a> = &'a dyn Fn(&mut Value);
-    let cases: [(&str, Edit); 11] = [
+    let cases: [(&str, Edit); 13] = [
         ("no spanType", &|v| {
             v["spans"][0].as_object_mut().unwrap().remove("spanType");
         }),
@@ -108,6 +108,12 @@ fn refuses_what_the_oap_would_misread() {
         ("no parent -1 on span 0", &|v| {
             v["spans"][1]["parentSpanId"] = json!(0)
         }),
+        ("span ids not 0..n-1", &|v| {
+            v["spans"][0]["spanId"] = json!(5)
+        }),
+        ("parent not in the segment", &|v| {
+            v["spans"][0]["parentSpanId"] = json!(3)
+        }),
     ];
     for (what, edit) in cases {
         assert_eq!(bad(edit), 400, "{what}");
@@ -115,8 +121,8 @@ fn refuses_what_the_oap_would_misread() {
     let state = oap.snapshot();
     assert!(state.segments.is_empty());
     let refused = state.requests.iter().filter(|r| r.2 == 400).count();
-    assert_eq!(refused, 14);
-    assert!(state.violations.len() >= 14, "{:#?}", state.violations);
+    assert_eq!(refused, 16);
+    assert!(state.violations.len() >= 16, "{:#?}", state.violations);
 
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -125,4 +131,36 @@ fn refuses_what_the_oap_would_misread() {
     assert_eq!(agent.get(&url).call().unwrap().status(), 405);
     let other = format!("{}/v3/nothing", oap.base_url());
     assert_eq!(post(&other, Some("application/json"), &json!({})), 404);
+}
+
+/// The span tree inside a segment: ids exactly 0..n-1, every parent a span of the segment that
+/// started before (a smaller id).
+#[test]
+fn span_trees_are_checked_like_an_agent_builds_them() {
+    let three = |ids: [(i64, i64); 3]| {
+        let mut v = good();
+        let child = v["spans"][0].clone();
+        v["spans"].as_array_mut().unwrap().push(child);
+        for (k, (id, parent)) in [1, 0, 2].into_iter().zip(ids) {
+            v["spans"][k]["spanId"] = json!(id);
+            v["spans"][k]["parentSpanId"] = json!(parent);
+        }
+        check_segment(&v)
+    };
+    assert_eq!(three([(0, -1), (1, 0), (2, 1)]), Vec::<String>::new());
+    assert_eq!(three([(0, -1), (1, 0), (2, 0)]), Vec::<String>::new());
+    let errors = three([(0, -1), (1, 2), (2, 0)]);
+    assert!(errors.iter().any(|e| e.contains("not below")), "{errors:?}");
+    let errors = three([(0, -1), (1, 0), (3, 1)]);
+    assert!(
+        errors.iter().any(|e| e.contains("are not 0..3")),
+        "{errors:?}"
+    );
+    let errors = three([(0, -1), (1, 0), (2, 7)]);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("not a span of the segment")),
+        "{errors:?}"
+    );
 }

@@ -22,6 +22,7 @@ mod error;
 mod flags;
 mod id;
 mod integrations;
+mod macros;
 mod model;
 pub mod propagation;
 mod report;
@@ -62,36 +63,3 @@ pub use span::context::{
 };
 pub use span::guard::{SpanGuard, current_trace_id, span};
 pub use span::record::SpanKind;
-
-/// A [`Config`] from the environment ([`Config::from_env`]) that also knows the calling
-/// crate: its name (the display name unless `StarAppName` says otherwise), its version (sent as
-/// the application's version unless `StarVersion` says otherwise) and the time it was built
-/// (sent as `Compile`, so the server keeps the newest build's version). Nothing to type:
-///
-/// ```no_run
-/// let _guard = stardust_runtime::init_with(stardust_runtime::config!().app_id("shop")).unwrap();
-/// ```
-#[macro_export]
-macro_rules! config {
-    () => {
-        $crate::Config::from_env().application(
-            ::core::env!("CARGO_PKG_NAME"),
-            ::core::env!("CARGO_PKG_VERSION"),
-            $crate::__private::build_time_ms!(),
-        )
-    };
-}
-
-/// [`init`] with [`config!`]: starts the runtime from the environment, knowing the calling
-/// crate's name, version and build time.
-///
-/// ```no_run
-/// let _guard = stardust_runtime::init!().expect("stardust");
-/// // ... the guard reports the last period when dropped at the end of `main`
-/// ```
-#[macro_export]
-macro_rules! init {
-    () => {
-        $crate::init_with($crate::config!())
-    };
-}

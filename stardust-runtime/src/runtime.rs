@@ -312,7 +312,7 @@ pub fn flush() -> Result<(), FlushError> {
 /// conventional status, 128 + the signal's number. Without it those signals end the process
 /// at once and the last period is lost. Feature `signals`, Unix only.
 ///
-/// Call it once after [`init`](crate::init); the [`Guard`] stays in `main` as usual, so a
+/// Call it once after [`init`](fn@crate::init); the [`Guard`] stays in `main` as usual, so a
 /// normal return still reports through its drop. The report is bounded by the shutdown
 /// timeout. A program that handles these signals itself should not call this, and instead
 /// drop its `Guard` (or call [`flush`](crate::flush)) in its own handler before exiting.

@@ -14,8 +14,10 @@
 //! would mis-read rather than reject: a body without `Content-Type: application/json` (the OAP
 //! would parse protobuf), a span without `spanType` (read as `Entry`), an exit span without
 //! `peer`, a segment without exactly one span with `spanId` 0, times that are not epoch
-//! milliseconds, empty fields in references, the deprecated `status_code` tag. Valid requests
-//! get 200 with `{}`.
+//! milliseconds, empty fields in references, the deprecated `status_code` tag. It is as strict
+//! as SkyWalking's agents about a segment's span tree, which the OAP does not check: span ids
+//! must be exactly 0..n−1, and every `parentSpanId` (except the root's −1) must name a span of
+//! the same segment with a smaller id. Valid requests get 200 with `{}`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -387,6 +389,15 @@ pub fn check_segment(seg: &Value) -> Vec<String> {
             "{roots} spans with spanId 0; the OAP needs exactly one"
         ));
     }
+    // SkyWalking agents number a segment's spans 0, 1, 2, … as they start.
+    if known != (0..spans.len() as i64).collect::<HashSet<i64>>() {
+        let mut sorted: Vec<i64> = known.iter().copied().collect();
+        sorted.sort_unstable();
+        e.push(format!(
+            "span ids {sorted:?} are not 0..{}: agents number a segment's spans from 0 as they start",
+            spans.len()
+        ));
+    }
     for (i, span) in spans.iter().enumerate() {
         let what = format!("span {i} ({:?})", span.get("operationName"));
         let id = ids[i].unwrap_or(-2);
@@ -399,9 +410,12 @@ pub fn check_segment(seg: &Value) -> Vec<String> {
             (0, p) => e.push(format!(
                 "{what}: the first span needs parentSpanId -1, not {p:?}"
             )),
-            (_, Some(p)) if p != id && known.contains(&p) => {}
+            (_, Some(p)) if p >= 0 && p < id && known.contains(&p) => {}
+            (_, Some(p)) if p >= id && known.contains(&p) => e.push(format!(
+                "{what}: parentSpanId {p} is not below spanId {id}: a parent starts before its children"
+            )),
             (_, p) => e.push(format!(
-                "{what}: parentSpanId {p:?} is not another span of the segment"
+                "{what}: parentSpanId {p:?} is not a span of the segment"
             )),
         }
         let start = epoch_ms(span, "startTime", &mut e, &what);

@@ -245,6 +245,10 @@ impl Aggregator {
         for tap in &mut self.taps {
             tap.on_record(&record);
         }
+        // An abandoned span's marker is for the taps only: it is not counted.
+        if record.span.flags & crate::span::record::FLAG_ABANDONED != 0 {
+            return;
+        }
         // Local wall-clock ms: the server clock offset is applied at the cut, so one period's
         // timestamps all follow the offset known when it is reported.
         let start_ms = clock::local_unix_ms(record.span.start);

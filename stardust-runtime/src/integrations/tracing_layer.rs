@@ -36,7 +36,7 @@ pub(crate) const NAME_FIELD: &str = "stardust.name";
 /// marks the innermost span it occurs in as an error, with the event's message (for
 /// `#[instrument(err)]`: the error's text). A sampled span gets the span's fields as its tag.
 ///
-/// Before [`init`](crate::init) (and after its guard is dropped) the layer records nothing.
+/// Before [`init`](fn@crate::init) (and after its guard is dropped) the layer records nothing.
 ///
 /// ```
 /// use tracing_subscriber::layer::SubscriberExt;

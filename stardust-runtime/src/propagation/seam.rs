@@ -37,6 +37,9 @@ pub(crate) struct Extracted {
     /// Kept with the context whichever source won.
     pub link: Option<LinkRef>,
     pub correlation: Option<Entries>,
+    /// This protocol's header says the trace is sampled: the context's sampled flag is set,
+    /// whichever source won (`propagation.md` §1.3).
+    pub sampled: bool,
 }
 
 /// A context being written into outgoing headers.
@@ -48,8 +51,8 @@ pub(crate) struct InjectView<'a> {
 /// An open span being captured as a context (for another thread, or for outgoing headers).
 pub(crate) struct CaptureView<'a> {
     pub trace: &'a TraceId,
-    pub span_id: u64,
-    pub is_local_root: bool,
+    /// The span's position within its local root (0 for the root itself).
+    pub position: u32,
     /// The id of the span's local root (its own id for a local root).
     pub local_root: u64,
     /// The local root's name (empty when the root is not on this thread's stack).

@@ -11,7 +11,7 @@ use crate::propagation::seam::{self, CaptureView, InjectView};
 use crate::propagation::{self, Extractor, Injector};
 use crate::span::guard::SpanGuard;
 use crate::span::local::{self, Origin, Stack, with_local};
-use crate::span::record::{Extra, FLAG_LOCAL_ROOT, Name, OpenSpan, SpanKind};
+use crate::span::record::{Extra, FLAG_CAPTURED, Name, OpenSpan, SpanKind};
 use crate::state;
 
 pub use crate::span::record::SpanContext;
@@ -28,10 +28,12 @@ impl SpanContext {
             None => seam::Extracted::default(),
         };
         let remote = propagation::extract_with(headers, |_| extracted.context.take())?;
+        // A sampling decision from any header is kept (docs/propagation.md §1.3).
+        let sampled = if extracted.sampled { FLAG_SAMPLED } else { 0 };
         Some(SpanContext {
             trace_id: remote.trace_id,
             parent: remote.parent,
-            flags: remote.flags & FLAGS_PROPAGATED,
+            flags: (remote.flags | sampled) & FLAGS_PROPAGATED,
             tracestate: remote.tracestate.map(Arc::from),
             correlation: extracted.correlation,
             link: extracted.link,
@@ -198,8 +200,7 @@ pub(crate) fn context_of(s: &OpenSpan, stack: &Stack) -> SpanContext {
         let root = stack.find(s.local_root);
         p.capture(&CaptureView {
             trace: &s.trace,
-            span_id: s.span_id,
-            is_local_root: s.flags & FLAG_LOCAL_ROOT != 0,
+            position: extra.map_or(0, |e| e.position),
             local_root: s.local_root,
             local_root_name: root.map(|f| f.name.as_str()).unwrap_or(s.name.as_str()),
             local_root_link: root
@@ -233,7 +234,22 @@ pub(crate) fn context_of(s: &OpenSpan, stack: &Stack) -> SpanContext {
 /// .unwrap();
 /// ```
 pub fn capture() -> Option<SpanContext> {
-    with_local(|local| local.stack.top().map(|s| context_of(s, &local.stack))).flatten()
+    with_local(|local| {
+        let s = local.stack.top()?;
+        let ctx = context_of(s, &local.stack);
+        mark_captured(&ctx, local.stack.top_mut());
+        Some(ctx)
+    })
+    .flatten()
+}
+
+/// Notes on the span that a propagator's link now names it (see [`FLAG_CAPTURED`]).
+fn mark_captured(ctx: &SpanContext, s: Option<&mut OpenSpan>) {
+    if let (Some(_), Some(s)) = (&ctx.link, s) {
+        if !s.is_context_frame() {
+            s.flags |= FLAG_CAPTURED;
+        }
+    }
 }
 
 /// Wraps `f` so that spans it opens, on whatever thread it runs, are children of the current
@@ -265,7 +281,9 @@ impl SpanGuard {
         let id = self.raw_id();
         with_local(|local| {
             let s = local.stack.find(id)?;
-            Some(context_of(s, &local.stack))
+            let ctx = context_of(s, &local.stack);
+            mark_captured(&ctx, local.stack.find_mut(id));
+            Some(ctx)
         })
         .flatten()
     }

@@ -6,6 +6,8 @@
 //! thread's outermost span closes (see [`mailbox`](super::mailbox)).
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::clock;
 use crate::flags::{FLAG_SAMPLED, FLAGS_PROPAGATED};
@@ -133,7 +135,11 @@ impl Local {
         if panicking && span.error().is_none() {
             span.extra_mut().error = Some("panicked".to_owned());
         }
-        if span.flags & FLAG_ABANDONED == 0 {
+        // While taps want records, an abandoned span still goes to them as a marker (its
+        // children are re-parented to its parent); the aggregator does not count it.
+        if span.flags & FLAG_ABANDONED == 0
+            || (!span.is_context_frame() && crate::state::attributes_wanted())
+        {
             self.push_record(SpanRecord { span, end });
         }
     }
@@ -379,16 +385,30 @@ fn new_span(
             flags |= FLAG_SAMPLED;
         }
     }
+    // The span's position within its local root, counted only while taps want records.
+    let (position, opened) = if !crate::state::attributes_wanted() {
+        (0, None)
+    } else if local_root == span_id {
+        (0, Some(Arc::new(AtomicU32::new(1))))
+    } else {
+        match current.and_then(|top| top.extra.as_ref()?.opened.clone()) {
+            Some(c) => (c.fetch_add(1, Ordering::Relaxed), Some(c)),
+            None => (0, None),
+        }
+    };
     let extra = (remote_parent.is_some()
         || tracestate.is_some()
         || correlation.is_some()
-        || link.is_some())
+        || link.is_some()
+        || opened.is_some())
     .then(|| {
         Box::new(Extra {
             remote_parent,
             tracestate,
             correlation,
             link,
+            position,
+            opened,
             ..Default::default()
         })
     });

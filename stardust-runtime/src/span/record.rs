@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use crate::flags::FLAG_SAMPLED;
 use crate::id::{ParentId, TraceId};
@@ -64,9 +65,18 @@ pub(crate) struct Extra {
     pub link: Option<LinkRef>,
     /// Structured attributes for reporters that keep them (`http.method`, `url`, …).
     pub attrs: Vec<(&'static str, String)>,
+    /// The span's position within its local root: 0 for the root, then 1, 2, … in the order
+    /// the root's spans open, on whatever thread. Counted only while taps want records
+    /// (`state::attributes_wanted`).
+    pub position: u32,
+    /// How many spans have opened under the span's local root so far (the next position);
+    /// shared by the root's spans. Set only while taps want records.
+    pub opened: Option<Arc<AtomicU32>>,
 }
 
-/// Internal bit: the span was abandoned and is not recorded.
+/// Internal bit: the span was abandoned and is not recorded. While taps want records, its
+/// record still goes to them as a marker with this bit set (its children are re-parented to
+/// its parent); the aggregator does not count it.
 pub(crate) const FLAG_ABANDONED: u8 = 0x80;
 /// Internal bit: the stack frame is an attached context, not a span: spans opened under it
 /// take its `parent` (and `Extra::remote_parent`) as their parent.
@@ -76,6 +86,9 @@ pub(crate) const FLAG_CONTEXT: u8 = 0x40;
 pub(crate) const FLAG_LOCAL_ROOT: u8 = 0x20;
 /// Internal bit: the span's parent is its local root.
 pub(crate) const FLAG_PARENT_LOCAL_ROOT: u8 = 0x10;
+/// Internal bit: a context was taken from the span while a propagator was installed, so
+/// another thread or process may name it (by its position within its local root).
+pub(crate) const FLAG_CAPTURED: u8 = 0x08;
 
 /// A span that has started and not finished.
 #[derive(Debug)]

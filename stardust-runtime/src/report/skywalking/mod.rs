@@ -19,7 +19,10 @@
 //! What is sent, and when:
 //! - A segment is the spans of one trace under one root span in this process (a span that
 //!   starts a trace, continues one from headers, or continues a captured context on another
-//!   thread). It is posted when its root span ends, batched with others (`POST /v3/segments`).
+//!   thread). It is posted once all its spans have ended (guards may be dropped in any order;
+//!   see [docs/skywalking.md §3](crate::docs::skywalking)), batched with others
+//!   (`POST /v3/segments`). Span ids are 0, 1, 2, … in start order; the children of an
+//!   [abandoned](crate::SpanGuard::abandon) span hang under its parent.
 //! - Spans keep their [`SpanKind`](crate::SpanKind): entry, exit (needs a peer: an exit span
 //!   with an empty peer is sent as a local span) or local. The layer is `Http` for the spans of
 //!   [`incoming`](crate::incoming) and [`ureq_tracing`](crate::ureq_tracing), else `Unknown` unless set with [`SpanGuard::set_layer`]; the
@@ -47,6 +50,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::collect::aggregator::Tap;
 use crate::error::{ConfigError, InitError};
+use crate::flags::FLAG_SAMPLED;
 use crate::id::{ParentId, TraceId, TraceRepr, is_lower_hex, is_verbatim_id};
 use crate::propagation::seam::{CaptureView, Extracted, InjectView, LinkRef, Propagator};
 use crate::propagation::{self, Extractor, Injector, RemoteContext, Source};
@@ -170,8 +174,14 @@ pub(crate) struct Stats {
     pub queue_full: AtomicU64,
     /// Spans left out of size-limited segments.
     pub size_limited: AtomicU64,
-    /// Spans whose root never ended in this process.
+    /// Spans whose root never ended in this process, or that ended after their segment was
+    /// sent without them.
     pub orphans: AtomicU64,
+    /// Segments sent with spans still open (their root ended [`OPEN_SPANS_TIMEOUT`] before, or
+    /// at shutdown).
+    ///
+    /// [`OPEN_SPANS_TIMEOUT`]: assembler::OPEN_SPANS_TIMEOUT
+    pub incomplete: AtomicU64,
     /// Segments the OAP never accepted (retry queue overflow, rejected, shutdown).
     pub oap_dropped: AtomicU64,
     /// Segments accepted by the OAP.
@@ -186,9 +196,10 @@ impl Stats {
             get(&self.size_limited),
             get(&self.oap_dropped),
         );
-        if full + limited + lost > 0 {
+        let (orphans, incomplete) = (get(&self.orphans), get(&self.incomplete));
+        if full + limited + lost + orphans + incomplete > 0 {
             log::warn!(
-                "stardust: SkyWalking: {} segments sent; dropped {full} segments (queue full), {lost} segments (not accepted by the OAP), {limited} spans (segment limits)",
+                "stardust: SkyWalking: {} segments sent, {incomplete} of them with spans still open; dropped {full} segments (queue full), {lost} segments (not accepted by the OAP), {limited} spans (segment limits), {orphans} spans (their segment's root never ended, or was sent before them)",
                 get(&self.sent)
             );
         } else {
@@ -335,7 +346,8 @@ impl Sw8 {
             } else {
                 ParentId::None
             },
-            flags: 0,
+            // The sample field is SkyWalking's sampling decision: kept as the sampled flag.
+            flags: if self.sampled { FLAG_SAMPLED } else { 0 },
             tracestate: None,
             source: Source::Sw8,
         }
@@ -366,6 +378,7 @@ impl Propagator for Sw8Propagator {
                 acc
             });
         let context = sw8.as_ref().map(Sw8::to_remote);
+        let sampled = sw8.as_ref().is_some_and(|h| h.sampled);
         let link = sw8.map(|h| {
             Arc::new(SwRef {
                 cross_process: true,
@@ -382,6 +395,7 @@ impl Propagator for Sw8Propagator {
             context,
             link,
             correlation: (!correlation.is_empty()).then(|| correlation.into()),
+            sampled,
         }
     }
 
@@ -432,7 +446,8 @@ impl Propagator for Sw8Propagator {
             cross_process: false,
             trace_id,
             parent_segment: segment::segment_id(v.local_root),
-            parent_span: segment::span_index(v.span_id, v.is_local_root),
+            // The span's position is its `spanId` in the segment (assembler.rs keeps it).
+            parent_span: i32::try_from(v.position).unwrap_or(i32::MAX),
             parent_service: self.identity.service.clone(),
             parent_instance: self.identity.instance.clone(),
             parent_endpoint: if v.local_root_name.is_empty() {
@@ -494,10 +509,11 @@ mod tests {
     fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
         let mut e = propagator().extract(&headers);
         let remote = propagation::extract_with(headers, |_| e.context.take())?;
+        let sampled = if e.sampled { FLAG_SAMPLED } else { 0 };
         Some(SpanContext {
             trace_id: remote.trace_id,
             parent: remote.parent,
-            flags: remote.flags & FLAGS_PROPAGATED,
+            flags: (remote.flags | sampled) & FLAGS_PROPAGATED,
             tracestate: remote.tracestate.map(Arc::from),
             correlation: e.correlation,
             link: e.link,
@@ -563,6 +579,18 @@ mod tests {
         let ctx = extract(&alone[..]).unwrap();
         assert_eq!(ctx.trace_id.to_string(), "1");
         assert_eq!(ctx.parent_id().as_deref(), Some("5.3"));
+        assert_eq!(ctx.flags, FLAG_SAMPLED, "sw8 sample 1 is the sampled flag");
+        let unsampled = SW8_EXAMPLE.replacen('1', "0", 1);
+        assert_eq!(
+            extract(&[("sw8", unsampled.as_str())][..]).unwrap().flags,
+            0
+        );
+        // Whichever source wins, sw8's decision is kept.
+        let tp00 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let ctx = extract(&[("traceparent", tp00), ("sw8", SW8_EXAMPLE)][..]).unwrap();
+        assert_eq!(ctx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.flags, FLAG_SAMPLED);
+        let ctx = extract(&[("traceparent", tp00), ("sw8", unsampled.as_str())][..]).unwrap();
         assert_eq!(ctx.flags, 0);
         // A repeated or invalid sw8 is ignored.
         assert!(extract(&[("sw8", SW8_EXAMPLE), ("sw8", SW8_EXAMPLE)][..]).is_none());

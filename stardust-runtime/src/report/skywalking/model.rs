@@ -39,7 +39,7 @@ pub(crate) struct SpanObject {
     pub skip_analysis: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Clone)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SegmentReference {
     /// `CrossProcess` or `CrossThread`.

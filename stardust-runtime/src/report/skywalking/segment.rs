@@ -2,10 +2,11 @@
 //!
 //! A segment is the spans of one trace under one local root in one thread of this process (a
 //! span that starts a trace, continues a remote context from headers or a captured one from
-//! another thread); its children on the same thread belong to its segment. Segment ids and
-//! span indices are derived from span ids, so any thread can name another thread's segment
-//! (for `CrossThread` references) without shared state. The reference to the parent segment
-//! travels through the core as an opaque [`Link`].
+//! another thread); its children on the same thread belong to its segment. Segment ids are
+//! derived from the root's span id, so any thread can name another thread's segment (for
+//! `CrossThread` references) without shared state; a span's index in its segment is its
+//! position within its local root, numbered by the core as spans open (see the assembler).
+//! The reference to the parent segment travels through the core as an opaque [`Link`].
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -62,16 +63,6 @@ pub(crate) fn segment_id(local_root: u64) -> String {
     format!("{:016x}{:016x}", salt(), local_root)
 }
 
-/// A span's `spanId` inside its segment: 0 for the root, else a positive number derived from
-/// its span id (unique within a segment unless two of its span ids share their low 31 bits).
-pub(crate) fn span_index(span_id: u64, is_root: bool) -> i32 {
-    if is_root {
-        0
-    } else {
-        ((span_id & 0x7fff_ffff) as i32).max(1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,8 +72,5 @@ mod tests {
         assert_eq!(segment_id(5), segment_id(5));
         assert_ne!(segment_id(5), segment_id(6));
         assert_eq!(segment_id(5).len(), 32);
-        assert_eq!(span_index(123, true), 0);
-        assert_eq!(span_index(0x8000_0000, false), 1);
-        assert_eq!(span_index(0xffff_ffff_7fff_ffff, false), i32::MAX);
     }
 }
