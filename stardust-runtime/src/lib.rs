@@ -10,7 +10,7 @@
 //   span                                   records, stack, mailbox, guard, future, context
 //   collect                                aggregator (with its tap seam), builders
 //   report                                 uploader, console, Stardust, SkyWalking
-//   integrations                           incoming requests, ureq, the tracing bridge
+//   integrations                           incoming requests, routes, ureq, the tracing bridge
 //   config, runtime                        the composition root
 
 mod clock;
@@ -45,6 +45,7 @@ pub use stardust_runtime_macros::trace;
 pub use config::Config;
 pub use error::{FlushError, InitError};
 pub use id::{SpanId, TraceId};
+pub use integrations::route::template_path;
 #[cfg(feature = "tracing")]
 pub use integrations::tracing_layer::StardustLayer;
 pub use integrations::{incoming, ureq as ureq_tracing};
