@@ -57,6 +57,7 @@ pub use report::skywalking;
 pub use runtime::{Guard, dropped_spans, flush, init, init_with};
 pub use span::context::{
     AttachGuard, SpanContext, capture, current_span_id, entry_span, exit_span, spawn_thread, wrap,
+    wrap_fn,
 };
 pub use span::guard::{SpanGuard, current_trace_id, span};
 pub use span::record::SpanKind;
