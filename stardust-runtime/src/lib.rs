@@ -12,6 +12,7 @@
 //   report                                 uploader, console, Stardust, SkyWalking
 //   integrations                           incoming requests, routes, ureq, the tracing bridge
 //   config, runtime                        the composition root
+//   testing                                record what a closure reports, in users' tests
 
 mod clock;
 mod collect;
@@ -28,6 +29,7 @@ mod runtime;
 mod settings;
 mod span;
 mod state;
+pub mod testing;
 mod util;
 
 #[doc(hidden)]
