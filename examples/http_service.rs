@@ -1,7 +1,9 @@
 //! Two small blocking HTTP services on 127.0.0.1: `shop` handles `/api/order/...` in an entry
-//! span and calls `stock` three times over ureq with `TracingMiddleware`, which injects
-//! `traceparent`; `stock` continues the trace in its own entry span. The console table shows
-//! the same sample trace id for the entry, exit and downstream operations.
+//! span named after its route and calls `stock` three times over ureq with
+//! `TracingMiddleware`, which injects `traceparent`; `stock` continues the trace in its own
+//! entry span. The tiny_http requests are read as carriers directly (feature `tiny_http`). The
+//! console table shows the same sample trace id for the entry, exit and downstream operations,
+//! and no sku in any operation's name.
 //!
 //! ```text
 //! cargo run --example http_service
@@ -10,16 +12,9 @@
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use stardust_runtime::incoming::incoming;
+use stardust_runtime::incoming::with_route;
 use stardust_runtime::trace;
 use stardust_runtime::ureq_tracing::TracingMiddleware;
-
-fn headers_of(req: &tiny_http::Request) -> Vec<(String, String)> {
-    req.headers()
-        .iter()
-        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-        .collect()
-}
 
 /// Serves `n` requests with `handle`, which returns the status and body.
 fn serve(
@@ -59,7 +54,7 @@ fn main() {
 
     // stock: continues the caller's trace from the incoming headers.
     let (stock, stock_thread) = serve(3, |req| {
-        let span = incoming(req.method().as_str(), req.url(), &headers_of(req));
+        let span = with_route("GET /stock/level/{sku}", "GET", req.url(), req);
         let sku = req.url().rsplit('/').next().unwrap_or("").to_owned();
         let n = lookup(&sku);
         span.finish(200);
@@ -69,7 +64,7 @@ fn main() {
     // shop: one entry span, three traced outgoing calls.
     let stock_url = stock.clone();
     let (shop, shop_thread) = serve(1, move |req| {
-        let span = incoming(req.method().as_str(), req.url(), &headers_of(req));
+        let span = with_route("GET /api/order/{id}", "GET", req.url(), req);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .middleware(TracingMiddleware)
             .build()

@@ -191,7 +191,7 @@ fn one_request_with_entry_local_and_exit_spans() {
     assert_eq!(seg["spans"].as_array().unwrap().len(), 4);
 
     let entry = root_span(seg);
-    assert_eq!(entry["operationName"], "/orders/42");
+    assert_eq!(entry["operationName"], "/orders/{id}"); // the id left out of the default name
     assert_eq!(entry["parentSpanId"], -1);
     assert_eq!(entry["spanType"], "Entry");
     assert_eq!(entry["spanLayer"], "Http");
@@ -258,7 +258,7 @@ fn one_request_with_entry_local_and_exit_spans() {
     assert_eq!(f[3], exit["spanId"].to_string());
     assert_eq!(f[4], "orders");
     assert_eq!(f[5], "orders-1");
-    assert_eq!(f[6], "/orders/42");
+    assert_eq!(f[6], "/orders/{id}");
     assert_eq!(f[7], authority);
     let corr = header(sent, "sw8-correlation").expect("sw8-correlation sent");
     assert_eq!(
@@ -293,7 +293,12 @@ fn one_request_with_entry_local_and_exit_spans() {
         .iter()
         .flat_map(|m| m.builders.iter().map(|b| b.name.clone()))
         .collect();
-    for n in ["/orders/42", "orders/validate", "orders/stock", &exit_name] {
+    for n in [
+        "/orders/{id}",
+        "orders/validate",
+        "orders/stock",
+        &exit_name,
+    ] {
         assert!(names.iter().any(|x| x == n), "{n} not in {names:?}");
     }
 }
@@ -382,8 +387,9 @@ fn two_processes_linked_by_sw8() {
 
     let segments = oap.segments();
     let front = segment_of(&segments, "frontend", "/checkout");
-    let back = segment_of(&segments, "backend", "/stock/7");
-    let exit = span_named(front, &format!("{url}/stock/7"));
+    // Default names: the id in `/stock/7` is left out.
+    let back = segment_of(&segments, "backend", "/stock/{id}");
+    let exit = span_named(front, &format!("{url}/stock/{{id}}"));
     assert_eq!(exit["spanType"], "Exit");
     assert_eq!(back["traceId"], front["traceId"], "one trace");
     assert_ne!(back["traceSegmentId"], front["traceSegmentId"]);

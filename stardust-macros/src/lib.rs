@@ -82,11 +82,11 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
-/// Each section shows a use that runs (its doctest checks what is reported, through a
-/// hidden `record` helper that starts the runtime with a [`Reporter`] collecting the
-/// operations) and then the code it expands to.
+/// Each section shows a use that runs (its doctest checks what is reported, with
+/// [`testing::record`], which runs a closure with the runtime started and returns the
+/// operations it reported) and then the code it expands to.
 ///
-/// [`Reporter`]: https://docs.rs/stardust-runtime/latest/stardust_runtime/trait.Reporter.html
+/// [`testing::record`]: https://docs.rs/stardust-runtime/latest/stardust_runtime/testing/fn.record.html
 ///
 /// ## A sync function
 ///
@@ -97,23 +97,9 @@ use proc_macro::TokenStream;
 /// fn add(a: u32, b: u32) -> u32 {
 ///     a + b
 /// }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
-/// let ops = record(|| assert_eq!(add(2, 3), 5));
+/// use stardust_runtime::testing::record;
+///
+/// let ops = record(|| assert_eq!(add(2, 3), 5)).builders();
 /// assert!(ops[0].name.ends_with("::add")); // the function's path
 /// assert_eq!((ops[0].total, ops[0].errors), (1, 0));
 /// ```
@@ -137,23 +123,9 @@ use proc_macro::TokenStream;
 ///
 /// #[trace(name = "orders/store")]
 /// fn store() {}
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
-/// let ops = record(|| { load(); store(); store(); });
+/// use stardust_runtime::testing::record;
+///
+/// let ops = record(|| { load(); store(); store(); }).builders();
 /// assert_eq!((ops[0].name.as_str(), ops[0].total), ("orders/load", 1));
 /// assert_eq!((ops[1].name.as_str(), ops[1].total), ("orders/store", 2));
 /// ```
@@ -172,23 +144,9 @@ use proc_macro::TokenStream;
 /// fn load(user_id: u64) -> User {
 ///     find(user_id)
 /// }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
-/// let ops = record(|| assert_eq!(load(7).0, 7));
+/// use stardust_runtime::testing::record;
+///
+/// let ops = record(|| assert_eq!(load(7).0, 7)).builders();
 /// let sample = &ops[0].samples.as_ref().unwrap()[0]; // the first span of a period is sampled
 /// assert_eq!(sample.tag.as_deref(), Some("user=7"));
 /// ```
@@ -225,26 +183,12 @@ use proc_macro::TokenStream;
 ///     let user = find(user_id)?;
 ///     Ok(user)
 /// }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
+/// use stardust_runtime::testing::record;
+///
 /// let ops = record(|| {
 ///     assert!(load(7).is_ok());
 ///     assert!(load(0).is_err()); // left by `?`
-/// });
+/// }).builders();
 /// assert_eq!((ops[0].total, ops[0].errors), (2, 1));
 /// let failed = &ops[0].error_samples.as_ref().unwrap()[0];
 /// assert_eq!(failed.error.as_deref(), Some("no such user")); // the error's `Display` text
@@ -293,26 +237,12 @@ use proc_macro::TokenStream;
 /// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
 /// #     }
 /// # }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
+/// use stardust_runtime::testing::record;
+///
 /// let ops = record(|| {
 ///     assert_eq!(block_on(fetch(3)).0, 3);
 ///     let _never_polled = fetch(4); // no span: it would open at the first poll
-/// });
+/// }).builders();
 /// assert!(ops[0].name.ends_with("::fetch"));
 /// assert_eq!(ops[0].total, 1);
 /// assert_eq!(ops[0].samples.as_ref().unwrap()[0].tag.as_deref(), Some("id=3"));
@@ -358,26 +288,12 @@ use proc_macro::TokenStream;
 /// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
 /// #     }
 /// # }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
+/// use stardust_runtime::testing::record;
+///
 /// let ops = record(|| {
 ///     assert!(block_on(fetch(1)).is_ok());
 ///     assert!(block_on(fetch(0)).is_err());
-/// });
+/// }).builders();
 /// assert_eq!((ops[0].name.as_str(), ops[0].total, ops[0].errors), ("page/fetch", 2, 1));
 /// let failed = &ops[0].error_samples.as_ref().unwrap()[0];
 /// assert_eq!(failed.error.as_deref(), Some("not found"));
@@ -440,28 +356,14 @@ use proc_macro::TokenStream;
 /// #         if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) { return v; }
 /// #     }
 /// # }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
+/// use stardust_runtime::testing::record;
+///
 /// let ops = record(|| {
 ///     let cache = Cache;
 ///     let pending = cache.load("12"); // no span yet: the future has not run
 ///     assert_eq!(block_on(pending), Ok(12));
 ///     assert!(block_on(cache.load("x")).is_err());
-/// });
+/// }).builders();
 /// assert_eq!((ops[0].name.as_str(), ops[0].total, ops[0].errors), ("cache/load", 2, 1));
 /// ```
 ///
@@ -498,23 +400,9 @@ use proc_macro::TokenStream;
 /// fn run() -> u32 {
 ///     7
 /// }
-/// # use std::sync::{Arc, Mutex};
-/// # use stardust_runtime::{Config, Reporter, SpanBuilderModel, TraceModel};
-/// # // Runs `f` with the runtime started, returns the operations it reported.
-/// # fn record(f: impl FnOnce()) -> Vec<SpanBuilderModel> {
-/// #     struct Keep(Arc<Mutex<Vec<SpanBuilderModel>>>);
-/// #     impl Reporter for Keep {
-/// #         fn report(&mut self, m: &TraceModel) { self.0.lock().unwrap().extend(m.builders.iter().cloned()); }
-/// #     }
-/// #     let kept = Arc::new(Mutex::new(Vec::new()));
-/// #     let guard = stardust_runtime::init_with(Config::new().console(false).reporter(Keep(kept.clone()))).unwrap();
-/// #     f();
-/// #     drop(guard); // reports the last period
-/// #     let mut ops = kept.lock().unwrap().clone();
-/// #     ops.sort_by(|a, b| a.name.cmp(&b.name));
-/// #     ops
-/// # }
-/// let ops = record(|| assert_eq!(run(), 7));
+/// use stardust_runtime::testing::record;
+///
+/// let ops = record(|| assert_eq!(run(), 7)).builders();
 /// assert_eq!((ops[0].name.as_str(), ops[0].total), ("job/run", 1));
 /// ```
 ///

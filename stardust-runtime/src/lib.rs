@@ -10,8 +10,9 @@
 //   span                                   records, stack, mailbox, guard, future, context
 //   collect                                aggregator (with its tap seam), builders
 //   report                                 uploader, console, Stardust, SkyWalking
-//   integrations                           incoming requests, ureq, the tracing bridge
+//   integrations                           incoming requests, routes, ureq, the tracing bridge
 //   config, runtime                        the composition root
+//   testing                                record what a closure reports, in users' tests
 
 mod clock;
 mod collect;
@@ -30,6 +31,7 @@ mod runtime;
 mod settings;
 mod span;
 mod state;
+pub mod testing;
 mod util;
 
 #[doc(hidden)]
@@ -47,6 +49,7 @@ pub use stardust_runtime_macros::trace;
 pub use config::Config;
 pub use error::{ConfigError, FlushError, InitError, Undelivered};
 pub use id::{SpanId, TraceId};
+pub use integrations::route::template_path;
 #[cfg(feature = "tracing")]
 pub use integrations::tracing_layer::StardustLayer;
 pub use integrations::{incoming, ureq as ureq_tracing};
@@ -60,6 +63,7 @@ pub use runtime::exit_on_signals;
 pub use runtime::{Guard, dropped_spans, flush, init, init_with};
 pub use span::context::{
     AttachGuard, SpanContext, capture, current_span_id, entry_span, exit_span, spawn_thread, wrap,
+    wrap_fn,
 };
 pub use span::guard::{SpanGuard, current_trace_id, span};
 pub use span::record::SpanKind;

@@ -338,6 +338,11 @@ pub fn exit_on_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// True while a runtime runs (a [`Guard`] is alive).
+pub(crate) fn is_running() -> bool {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
 /// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
 /// fell behind).
 /// Drops are also logged once, and reported in the console table and at shutdown.

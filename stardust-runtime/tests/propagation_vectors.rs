@@ -122,10 +122,9 @@ fn user_types_can_be_carriers() {
     assert_eq!(r.get_all("TraceState"), ["a=1"]);
 }
 
-#[cfg(feature = "http")]
 #[test]
 fn http_header_map() {
-    use http::{HeaderMap, HeaderValue};
+    use ureq::http::{HeaderMap, HeaderValue};
     let mut h = HeaderMap::new();
     h.append("traceparent", HeaderValue::from_static("one"));
     h.append("traceparent", HeaderValue::from_static("two"));

@@ -9,8 +9,9 @@ use std::hash::BuildHasher;
 /// Read access to incoming headers.
 ///
 /// Implemented for `HashMap`/`BTreeMap` of strings, for lists of `(name, value)` pairs
-/// (`Vec`, slices and arrays, where a name may repeat) and, with the `http` feature, for
-/// `http::HeaderMap`. Implement it for your own request type to extract a remote context from it.
+/// (`Vec`, slices and arrays, where a name may repeat), for `http::HeaderMap` (the `http` 1
+/// crate, `ureq::http`) and, with the `tiny_http` feature, for `tiny_http::Request`. Implement
+/// it for your own request type to extract a remote context from it.
 pub trait Extractor {
     /// Every value of the header `name` (matched case-insensitively), in order, one entry per
     /// header line. Empty when the header is absent.
@@ -19,8 +20,8 @@ pub trait Extractor {
 
 /// Write access to outgoing headers.
 ///
-/// Implemented for `HashMap<String, String>`, `Vec<(String, String)>` and, with the `http`
-/// feature, `http::HeaderMap`.
+/// Implemented for `HashMap<String, String>`, `Vec<(String, String)>`, `http::HeaderMap` (the
+/// `http` 1 crate, `ureq::http`) and a ureq request builder (`ureq::RequestBuilder`).
 pub trait Injector {
     /// True when a header `name` (matched case-insensitively) is already present.
     fn contains(&self, name: &str) -> bool;
@@ -133,36 +134,71 @@ impl Injector for Vec<(String, String)> {
 
 /// Stands in for a header value that is not UTF-8: it keeps its line counted (two
 /// `traceparent` lines stay two) and fails every id and `tracestate` grammar.
-#[cfg(feature = "http")]
 const NOT_UTF8: &str = "\u{fffd}";
 
-#[cfg(feature = "http")]
-impl Extractor for http::HeaderMap {
+/// `http::HeaderMap` (the `http` 1 crate, which ureq 3 re-exports as `ureq::http`): every
+/// line of a header, in order.
+impl Extractor for ureq::http::HeaderMap {
     fn get_all(&self, name: &str) -> Vec<&str> {
         // `HeaderMap` parses `&str` names case-insensitively; an invalid name finds nothing.
-        http::HeaderMap::get_all(self, name)
+        ureq::http::HeaderMap::get_all(self, name)
             .iter()
             .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or(NOT_UTF8))
             .collect()
     }
 }
 
-#[cfg(feature = "http")]
-impl Injector for http::HeaderMap {
+/// `http::HeaderMap` (the `http` 1 crate, which ureq 3 re-exports as `ureq::http`).
+impl Injector for ureq::http::HeaderMap {
     fn contains(&self, name: &str) -> bool {
         self.contains_key(name)
     }
     /// A name or value that is not a valid HTTP header is silently not written.
     fn set(&mut self, name: &str, value: String) {
+        use ureq::http::header::{Entry, HeaderName, HeaderValue};
         let (Ok(name), Ok(value)) = (
-            http::header::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::try_from(value),
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::try_from(value),
         ) else {
             return;
         };
-        if let http::header::Entry::Vacant(slot) = self.entry(name) {
+        if let Entry::Vacant(slot) = self.entry(name) {
             slot.insert(value);
         }
+    }
+}
+
+/// A ureq request before it is sent (`agent.get(url)`), for calls made without
+/// [`TracingMiddleware`](crate::ureq_tracing::TracingMiddleware):
+/// `span.inject(&mut request)`. A builder that already failed (an invalid URL) takes nothing.
+impl<B> Injector for ureq::RequestBuilder<B> {
+    fn contains(&self, name: &str) -> bool {
+        self.headers_ref().is_some_and(|h| h.contains_key(name))
+    }
+    fn set(&mut self, name: &str, value: String) {
+        if let Some(headers) = self.headers_mut() {
+            Injector::set(headers, name, value);
+        }
+    }
+}
+
+/// A request received by a [tiny_http](https://docs.rs/tiny_http) 0.12 server (feature
+/// `tiny_http`): `incoming::with_route(route, method, url, &request)`.
+#[cfg(feature = "tiny_http")]
+impl Extractor for tiny_http::Request {
+    fn get_all(&self, name: &str) -> Vec<&str> {
+        self.headers().get_all(name)
+    }
+}
+
+/// The headers of a tiny_http 0.12 request or response (feature `tiny_http`).
+#[cfg(feature = "tiny_http")]
+impl Extractor for [tiny_http::Header] {
+    fn get_all(&self, name: &str) -> Vec<&str> {
+        self.iter()
+            .filter(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+            .collect()
     }
 }
 
@@ -216,9 +252,9 @@ mod tests {
         assert!(Injector::contains(&b, "A"));
     }
 
-    #[cfg(feature = "http")]
     #[test]
     fn header_map_sees_every_line_and_never_overwrites() {
+        use ureq::http;
         let mut h = http::HeaderMap::new();
         h.append("traceparent", http::HeaderValue::from_static("a"));
         h.append("traceparent", http::HeaderValue::from_static("b"));
@@ -236,5 +272,29 @@ mod tests {
         assert_eq!(Extractor::get_all(&h, "x-new"), ["v"]);
         h.set("x-bad", "line\nbreak".into());
         assert!(!Injector::contains(&h, "x-bad"));
+    }
+
+    #[test]
+    fn ureq_request_builder_takes_headers_it_lacks() {
+        let mut req = ureq::get("http://127.0.0.1:1/x").header("TraceParent", "mine");
+        assert!(Injector::contains(&req, "traceparent"));
+        req.set("tracestate", "a=1".into());
+        let headers = req.headers_ref().unwrap();
+        assert_eq!(headers["tracestate"], "a=1");
+        assert_eq!(headers["traceparent"], "mine");
+    }
+
+    #[cfg(feature = "tiny_http")]
+    #[test]
+    fn tiny_http_requests_give_every_line_ignoring_case() {
+        let header = |n: &str, v: &str| tiny_http::Header::from_bytes(n, v).unwrap();
+        let req: tiny_http::Request = tiny_http::TestRequest::new()
+            .with_header(header("TraceParent", "a"))
+            .with_header(header("x-other", "o"))
+            .with_header(header("traceparent", "b"))
+            .into();
+        assert_eq!(Extractor::get_all(&req, "TRACEPARENT"), ["a", "b"]);
+        assert!(Extractor::get_all(&req, "tracestate").is_empty());
+        assert_eq!(req.headers().get_all("X-Other"), ["o"]);
     }
 }

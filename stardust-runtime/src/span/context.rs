@@ -149,6 +149,36 @@ impl SpanContext {
             f()
         }
     }
+
+    /// Runs `f` on this thread with this context attached: spans `f` opens are children of
+    /// the context. Detaches when `f` returns (or panics). Takes `&self`, so one context can
+    /// serve many tasks at once, e.g. the jobs of a `rayon::scope`:
+    ///
+    /// ```
+    /// let _g = stardust_runtime::init_with(stardust_runtime::Config::new().console(false)).unwrap();
+    /// let _request = stardust_runtime::span("request");
+    /// let ctx = stardust_runtime::capture().expect("inside a span");
+    /// std::thread::scope(|s| {
+    ///     for part in 0..4 {
+    ///         let ctx = &ctx;
+    ///         s.spawn(move || ctx.in_scope(|| drop(stardust_runtime::span(format!("part/{}", part % 2)))));
+    ///     }
+    /// });
+    /// ```
+    pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _attached = self.attach();
+        f()
+    }
+
+    /// Wraps `f`, a closure that may be called many times and on many threads at once, so
+    /// that every call runs with this context attached ([`in_scope`](Self::in_scope)): for
+    /// `Fn` closures such as rayon's `par_iter().map(..)` or a worker pool's handler. The
+    /// wrapper is `Send` and `Sync` when `f` is. See also [`wrap_fn`](crate::wrap_fn),
+    /// which captures the current span itself.
+    pub fn wrap_fn<A, R>(&self, f: impl Fn(A) -> R) -> impl Fn(A) -> R {
+        let ctx = self.clone();
+        move |arg| ctx.in_scope(|| f(arg))
+    }
 }
 
 /// Keeps a [`SpanContext`] attached to this thread; dropping it detaches.
@@ -259,6 +289,36 @@ pub fn wrap<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
     move || {
         let _attached = ctx.as_ref().map(SpanContext::attach);
         f()
+    }
+}
+
+/// Wraps `f`, a closure that may be called many times and on many threads at once, so that
+/// spans it opens are children of the current span (when there is one), wherever and however
+/// often it is called: the thread-pool form of [`wrap`], for `Fn` closures such as rayon's
+/// `par_iter().map(..)` or a worker pool's handler. Each call attaches the captured context
+/// for its duration ([`SpanContext::in_scope`]).
+///
+/// ```
+/// let _g = stardust_runtime::init_with(stardust_runtime::Config::new().console(false)).unwrap();
+/// let data: Vec<u64> = (1..=100).collect();
+/// let _request = stardust_runtime::span("report");
+/// let sum_chunk = stardust_runtime::wrap_fn(|chunk: &[u64]| {
+///     let _span = stardust_runtime::span("report/chunk"); // a child of `report`
+///     chunk.iter().sum::<u64>()
+/// });
+/// // Any pool: here scoped threads, each calling the same wrapper.
+/// let total: u64 = std::thread::scope(|s| {
+///     let sum_chunk = &sum_chunk;
+///     let handles: Vec<_> = data.chunks(25).map(|c| s.spawn(move || sum_chunk(c))).collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).sum()
+/// });
+/// assert_eq!(total, 5050);
+/// ```
+pub fn wrap_fn<A, R>(f: impl Fn(A) -> R) -> impl Fn(A) -> R {
+    let ctx = capture();
+    move |arg| match &ctx {
+        Some(ctx) => ctx.in_scope(|| f(arg)),
+        None => f(arg),
     }
 }
 

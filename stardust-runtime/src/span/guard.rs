@@ -89,6 +89,17 @@ impl SpanGuard {
         }
     }
 
+    /// Marks the span as an error with `error()` unless it is one already.
+    pub(crate) fn set_error_if_none(&mut self, error: impl FnOnce() -> String) {
+        if self.id != 0 {
+            with_span(self.id, |s| {
+                if s.error().is_none() {
+                    s.extra_mut().error = Some(error());
+                }
+            });
+        }
+    }
+
     /// Sets the span's user number (rows, bytes, …), summed per operation.
     pub fn set_value(&mut self, value: i64) {
         if self.id != 0 {
