@@ -497,3 +497,58 @@ fn a_panicking_destructor_leaves_the_stack_whole() {
     );
     assert_eq!(by["e2e/root_of_bad_future"].total, 1);
 }
+
+#[trace("e2e/parse")]
+fn parse_num(s: &str) -> Result<u32, std::num::ParseIntError> {
+    s.parse()
+}
+
+#[trace("e2e/caller")]
+fn caller(s: &str) -> Result<u32, std::num::ParseIntError> {
+    Ok(parse_num(s)? + 1)
+}
+
+/// An error also counts under `ex:<Type>`: a child of the failing span, from its start, not
+/// an error itself, its tag the error text when sampled; one per error although `?` passes it
+/// through two traced functions; none with the switch off.
+#[test]
+fn errors_count_under_their_type_once() {
+    let _serial = common::serial();
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .console(false)
+            .max_samples(10)
+            .reporter(capture),
+    )
+    .unwrap();
+    assert!(caller("x").is_err());
+    assert!(caller("7").is_ok());
+    assert!(guard.flush().is_ok());
+    drop(guard);
+    let by = merged(&common::drain(&rx));
+    let ex = &by["ex:ParseIntError"];
+    assert_eq!((ex.total, ex.errors), (1, 0), "once, not an error");
+    assert_eq!((by["e2e/parse"].errors, by["e2e/caller"].errors), (1, 1));
+    let failing = &by["e2e/parse"].error_samples.as_ref().unwrap()[0];
+    let s = &ex.samples.as_ref().unwrap()[0];
+    assert_eq!(s.parent_id.as_deref(), Some(failing.id.as_str()));
+    assert_eq!(s.trace_id, failing.trace_id);
+    assert_eq!(s.start_time, failing.start_time);
+    assert!(s.error.is_none());
+    assert_eq!(s.tag.as_deref(), Some("invalid digit found in string"));
+
+    let (capture, rx) = common::capture();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .console(false)
+            .exception_spans(false)
+            .reporter(capture),
+    )
+    .unwrap();
+    assert!(caller("x").is_err());
+    assert!(guard.flush().is_ok());
+    drop(guard);
+    let by = merged(&common::drain(&rx));
+    assert!(!by.keys().any(|k| k.starts_with("ex:")), "{:?}", by.keys());
+}

@@ -43,6 +43,11 @@ fn quickstart_table_counts_every_call() {
         ("report/crash", (5, 1)),
         ("fetch/remote", (5, 0)),
         ("fetch/all", (1, 0)),
+        // Each error also counts under its type (the exception statistics): the invalid
+        // orders (a `String` error, counted once although it passes through two functions)
+        // and the crash.
+        ("ex:String", (12, 0)),
+        ("ex:panic", (1, 0)),
     ];
     for (name, counts) in expect {
         assert_eq!(rows.get(name), Some(&counts), "{name} in:\n{stderr}");

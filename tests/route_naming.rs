@@ -234,6 +234,8 @@ fn four_routes_many_ids_four_operations_whole_trees() {
         "stock: GET /stock/{sku}",
         "report/chunk",
         "report/render",
+        // The payment errors, in Stardust's exception statistics.
+        "ex:String",
     ]
     .into_iter()
     .map(String::from)
@@ -312,6 +314,14 @@ fn four_routes_many_ids_four_operations_whole_trees() {
                         .starts_with("GET /api/orders/")
                 )
             }
+            // A failed payment's exception statistic, under the payment request.
+            "ex:String" => assert!(
+                request
+                    .tag
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("POST /api/pay/")
+            ),
             _ => assert_eq!(name, users_out),
         }
     }
@@ -357,7 +367,14 @@ fn an_incoming_span_dropped_without_a_status_is_an_error() {
     });
     assert_eq!(
         rec.names(),
-        ["GET /dropped", "GET /ok", "GET /own-error", "GET /panics"]
+        [
+            "GET /dropped",
+            "GET /ok",
+            "GET /own-error",
+            "GET /panics",
+            "ex:String",
+            "ex:panic"
+        ]
     );
     let error = |name: &str| {
         assert_eq!((rec.count(name), rec.errors(name)), (1, 1), "{name}");

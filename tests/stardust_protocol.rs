@@ -71,6 +71,8 @@ fn config(fake: &FakeStardust) -> Config {
         .request_timeout(Duration::from_millis(500))
         .shutdown_timeout(Duration::from_secs(3))
         .handoff_capacity(16 * 1024 * 256)
+        // These tests count operations exactly: exception statistics have tests of their own.
+        .exception_spans(false)
         .console(false)
 }
 
@@ -932,6 +934,7 @@ fn server_clock_one_day_ahead_is_followed() {
             .version("1.2.3")
             .first_report_delay(Duration::from_secs(60))
             .request_timeout(Duration::from_millis(500))
+            .exception_spans(false)
             .console(false),
     );
     wait_logins(&fake, 1);

@@ -80,6 +80,8 @@ fn config(servers: &str) -> Config {
         .request_timeout(Duration::from_millis(500))
         .shutdown_timeout(Duration::from_secs(3))
         .handoff_capacity(16 * 1024 * 256)
+        // Totals are compared exactly: exception statistics have tests of their own.
+        .exception_spans(false)
         .console(false)
 }
 

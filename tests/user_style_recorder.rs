@@ -50,9 +50,11 @@ fn cart_counts_calls_and_errors() {
             let _ = add_to_cart("sku-1", i % 5);
         }
     });
-    assert_eq!(rec.names(), ["cart/add", "cart/price"]);
+    // Each error also counts under its type (Stardust's exception statistics).
+    assert_eq!(rec.names(), ["cart/add", "cart/price", "ex:String"]);
     assert_eq!(rec.count("cart/add"), 20);
     assert_eq!(rec.errors("cart/add"), 4);
+    assert_eq!((rec.count("ex:String"), rec.errors("ex:String")), (4, 0));
     assert_eq!(rec.count("cart/price"), 16);
     assert_eq!(
         rec.error_samples("cart/add")[0].error.as_deref(),

@@ -358,7 +358,11 @@ fn generate(func: &MaybeItemFn, args: TraceArgs) -> syn::Result<TokenStream> {
         let run = if output.is_result {
             let ret = Ident::new("__stardust_ret", Span::mixed_site());
             let closure_return = output.closure_return();
-            let record = record_error(&private, &ret, |text| quote!(#guard.set_error(#text);));
+            let record = record_error(
+                &private,
+                &ret,
+                |text, kind| quote!(#private::set_error_of(&mut #guard, #text, #kind);),
+            );
             quote! {
                 let #ret = #private::call_once(move || #closure_return #body);
                 #record
@@ -400,7 +404,7 @@ fn instrumented_async(
         let record = record_error(
             private,
             &ret,
-            |text| quote!(#private::set_current_error(#text);),
+            |text, kind| quote!(#private::set_current_error_of(#text, #kind);),
         );
         quote! {
             async move {
@@ -418,14 +422,18 @@ fn instrumented_async(
     quote!(#private::instrument(#callsite, #future))
 }
 
-/// Records `ret`'s error, if it is a `Result::Err`, with `set(text)`.
+/// Records `ret`'s error, if it is a `Result::Err`, with `set(text, kind)` (`kind`: the error
+/// type's short name, for `ex:<Type>`).
 fn record_error(
     private: &TokenStream,
     ret: &Ident,
-    set: impl FnOnce(TokenStream) -> TokenStream,
+    set: impl FnOnce(TokenStream, TokenStream) -> TokenStream,
 ) -> TokenStream {
     let err = Ident::new("__stardust_err", Span::mixed_site());
-    let set = set(quote!((&&&#private::ErrText(#err)).__stardust_error_text()));
+    let set = set(
+        quote!((&&&#private::ErrText(#err)).__stardust_error_text()),
+        quote!(#private::error_kind(#err)),
+    );
     quote! {
         {
             #[allow(unused_imports)]
@@ -573,7 +581,7 @@ mod tests {
             out.contains("let __stardust_fake : Result < u8 , E >"),
             "{out}"
         );
-        assert!(out.contains("set_current_error"), "{out}");
+        assert!(out.contains("set_current_error_of"), "{out}");
     }
 
     #[test]

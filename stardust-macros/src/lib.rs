@@ -64,8 +64,9 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// and `RECORD_ERR(set)` for the code that turns a `Result::Err` into the span's
-/// error text (its `Display` text, else its `Debug` text, else its type name),
-/// without adding any bound to the function:
+/// error text (its `Display` text, else its `Debug` text, else its type name) and the
+/// error type's short name (for the `ex:<Type>` exception statistics), without adding any
+/// bound to the function:
 ///
 /// ```text
 /// {
@@ -77,7 +78,10 @@ use proc_macro::TokenStream;
 ///     if let ::core::option::Option::Some(__stardust_err) =
 ///         (&::stardust_runtime::__private::ResultProbe(&__stardust_ret)).__stardust_err()
 ///     {
-///         set((&&&::stardust_runtime::__private::ErrText(__stardust_err)).__stardust_error_text());
+///         set(
+///             (&&&::stardust_runtime::__private::ErrText(__stardust_err)).__stardust_error_text(),
+///             ::stardust_runtime::__private::error_kind(__stardust_err),
+///         );
 ///     }
 /// }
 /// ```
@@ -204,7 +208,9 @@ use proc_macro::TokenStream;
 ///         let user = find(user_id)?;
 ///         Ok(user)
 ///     });
-///     RECORD_ERR(|text| __stardust_guard.set_error(text));
+///     RECORD_ERR(|text, kind| {
+///         ::stardust_runtime::__private::set_error_of(&mut __stardust_guard, text, kind)
+///     });
 ///     __stardust_ret
 /// }
 /// ```
@@ -290,13 +296,15 @@ use proc_macro::TokenStream;
 /// # }
 /// use stardust_runtime::testing::record;
 ///
-/// let ops = record(|| {
+/// let rec = record(|| {
 ///     assert!(block_on(fetch(1)).is_ok());
 ///     assert!(block_on(fetch(0)).is_err());
-/// }).builders();
-/// assert_eq!((ops[0].name.as_str(), ops[0].total, ops[0].errors), ("page/fetch", 2, 1));
-/// let failed = &ops[0].error_samples.as_ref().unwrap()[0];
+/// });
+/// assert_eq!((rec.count("page/fetch"), rec.errors("page/fetch")), (2, 1));
+/// let failed = &rec.builder("page/fetch").unwrap().error_samples.unwrap()[0];
 /// assert_eq!(failed.error.as_deref(), Some("not found"));
+/// // The error also counts under its type, for Stardust's exception statistics.
+/// assert_eq!((rec.count("ex:String"), rec.errors("ex:String")), (1, 0));
 /// ```
 ///
 /// ```text
@@ -313,7 +321,7 @@ use proc_macro::TokenStream;
 ///             Ok(page)
 ///         }
 ///         .await;
-///         RECORD_ERR(::stardust_runtime::__private::set_current_error);
+///         RECORD_ERR(::stardust_runtime::__private::set_current_error_of);
 ///         __stardust_ret
 ///     })
 ///     .await
@@ -379,7 +387,7 @@ use proc_macro::TokenStream;
 ///             self.get(key).await
 ///         }
 ///         .await;
-///         RECORD_ERR(::stardust_runtime::__private::set_current_error);
+///         RECORD_ERR(::stardust_runtime::__private::set_current_error_of);
 ///         __stardust_ret
 ///     }))
 /// }

@@ -74,6 +74,8 @@ pub struct Config {
     pub(crate) process_metrics: bool,
     /// Without a `log` logger, print problems to stderr.
     pub(crate) stderr_diagnostics: bool,
+    /// Errors also count under `ex:<Type>`.
+    pub(crate) exception_spans: bool,
     #[cfg(feature = "skywalking")]
     pub(crate) skywalking: crate::report::skywalking::SwConfig,
 }
@@ -160,6 +162,7 @@ impl Config {
             tls_ca_pem: None,
             process_metrics: true,
             stderr_diagnostics: true,
+            exception_spans: true,
             #[cfg(feature = "skywalking")]
             skywalking: Default::default(),
         }
@@ -376,6 +379,16 @@ impl Config {
         self
     }
 
+    /// Every error also counts under an operation `ex:<Type>` (default on, as the .NET client
+    /// does), which feeds Stardust's per-exception view: a child of the failing span named
+    /// after the error's type (`ex:ParseIntError`; `ex:panic` for a panic), from the failing
+    /// span's start to the error, not itself an error, with the error text as its tag when
+    /// sampled. An error returned with `?` through several traced functions counts once.
+    pub fn exception_spans(mut self, on: bool) -> Config {
+        self.exception_spans = on;
+        self
+    }
+
     /// When no `log` logger is installed, the runtime's warnings and errors (server unreachable,
     /// login refused, not a Stardust server, spans dropped, data lost at shutdown) are also
     /// printed to stderr, once per condition (repeated at most every 5 minutes, with a count)
@@ -509,7 +522,8 @@ impl fmt::Debug for Config {
         .field("request_timeout", &self.request_timeout)
         .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
         .field("process_metrics", &self.process_metrics)
-        .field("stderr_diagnostics", &self.stderr_diagnostics);
+        .field("stderr_diagnostics", &self.stderr_diagnostics)
+        .field("exception_spans", &self.exception_spans);
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()

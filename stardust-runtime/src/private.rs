@@ -42,6 +42,24 @@ pub fn set_current_error(text: String) {
     crate::span::local::with_current(|s| s.extra_mut().error = Some(text));
 }
 
+/// Marks the current span as an error of type `kind` (also counted under `ex:<kind>`).
+pub fn set_current_error_of(text: String, kind: &str) {
+    if let Some(id) = crate::span::local::with_current(|s| s.span_id) {
+        crate::span::exception::record(id, kind, &text);
+    }
+    set_current_error(text);
+}
+
+/// Marks `guard`'s span as an error of type `kind` (also counted under `ex:<kind>`).
+pub fn set_error_of(guard: &mut SpanGuard, text: String, kind: &str) {
+    guard.set_error_of(text, kind);
+}
+
+/// The short name of `E` (`ParseIntError`), for `ex:<Type>`.
+pub fn error_kind<E: ?Sized>(_: &E) -> &'static str {
+    crate::span::exception::short_type_name(std::any::type_name::<E>())
+}
+
 /// An uninhabited error type for return values that are not `Result`s.
 #[derive(Debug)]
 pub enum Never {}

@@ -79,6 +79,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     }
     config.validate().map_err(InitError::InvalidConfig)?;
     crate::util::diag::set_stderr_fallback(config.stderr_diagnostics);
+    state::set_exception_spans(config.exception_spans);
     clock::init();
     clock::set_server_offset_ms(0);
     SETTINGS.restore(Snapshot {

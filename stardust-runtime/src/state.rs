@@ -17,6 +17,19 @@ static MAILBOX_CAPACITY: AtomicUsize = AtomicUsize::new(64 * 1024);
 static ATTRIBUTES: AtomicBool = AtomicBool::new(false);
 /// Current period number; the aggregator advances it at every cut.
 static EPOCH: AtomicU32 = AtomicU32::new(1);
+/// Whether errors also count under `ex:<Type>`.
+static EXCEPTION_SPANS: AtomicBool = AtomicBool::new(true);
+
+/// True when errors also record an `ex:<Type>` span.
+#[inline]
+pub(crate) fn exception_spans() -> bool {
+    EXCEPTION_SPANS.load(Ordering::Relaxed)
+}
+
+/// Sets [`exception_spans`] (at `init`, from the `Config`).
+pub(crate) fn set_exception_spans(on: bool) {
+    EXCEPTION_SPANS.store(on, Ordering::Relaxed);
+}
 
 /// True while the runtime runs.
 #[inline]

@@ -95,6 +95,9 @@ fn finish(state: &mut State, error: Option<&'static str>) {
             drop(stash);
             if let Some(e) = error {
                 if own.error().is_none() {
+                    if e == "panicked" {
+                        own = crate::span::exception::record_detached(own, "panic", e);
+                    }
                     own.extra_mut().error = Some(e.to_owned());
                 }
             }

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 
 use crate::id::{SpanId, TraceId};
 use crate::span::callsite::Callsite;
+use crate::span::exception;
 use crate::span::local::{self, Origin, with_current, with_span};
 use crate::span::record::{FLAG_ABANDONED, Name, SpanKind};
 use crate::state;
@@ -82,9 +83,21 @@ impl SpanGuard {
     }
 
     /// Marks the span as an error with this text.
-    pub fn set_error(&mut self, error: impl fmt::Display) {
+    ///
+    /// The error also counts under `ex:<Type>` (the short name of `error`'s type), as the .NET
+    /// client records exceptions, unless [`Config::exception_spans`](crate::Config::exception_spans)
+    /// is off.
+    pub fn set_error<E: fmt::Display>(&mut self, error: E) {
         if self.id != 0 {
             let text = error.to_string();
+            self.set_error_of(text, exception::short_type_name(std::any::type_name::<E>()));
+        }
+    }
+
+    /// Marks the span as an error with `text`, counted under `ex:<kind>`.
+    pub(crate) fn set_error_of(&mut self, text: String, kind: &str) {
+        if self.id != 0 {
+            exception::record(self.id, kind, &text);
             with_span(self.id, |s| s.extra_mut().error = Some(text));
         }
     }
@@ -131,6 +144,9 @@ impl Drop for SpanGuard {
     #[inline]
     fn drop(&mut self) {
         if self.id != 0 {
+            if std::thread::panicking() {
+                exception::record(self.id, "panic", "panicked");
+            }
             local::close(self.id);
         }
     }

@@ -95,7 +95,6 @@ impl Local {
         new_span(&self.stack, &self.rng, name, origin, callsite, kind)
     }
 
-    #[cfg(feature = "tracing")]
     /// Builds a local span that is a child of the open span (or frame) `id` wherever it is on
     /// this thread's stack; gives the name back when `id` is not here.
     pub(crate) fn child_of_open(&mut self, id: u64, name: Name) -> Result<OpenSpan, Name> {
@@ -245,7 +244,6 @@ impl Stack {
         self.spans.append(above);
     }
 
-    #[cfg(feature = "tracing")]
     /// Runs `f` with the open span (or frame) `id` moved to the top for a moment, so that a
     /// span built in `f` is its child; puts it back where it was. `None` when `id` is not here.
     pub(crate) fn with_on_top<R>(&mut self, id: u64, f: impl FnOnce(&Stack) -> R) -> Option<R> {

@@ -7,6 +7,7 @@
 
 pub(crate) mod callsite;
 pub(crate) mod context;
+pub(crate) mod exception;
 pub(crate) mod future;
 pub(crate) mod guard;
 pub(crate) mod local;

@@ -89,6 +89,9 @@ pub(crate) const FLAG_PARENT_LOCAL_ROOT: u8 = 0x10;
 /// Internal bit: a context was taken from the span while a propagator was installed, so
 /// another thread or process may name it (by its position within its local root).
 pub(crate) const FLAG_CAPTURED: u8 = 0x08;
+/// Internal bit: an `ex:<Type>` span (exception statistics for Stardust; reporters that
+/// assemble traces, such as SkyWalking's, leave it out).
+pub(crate) const FLAG_EXCEPTION: u8 = 0x04;
 
 /// A span that has started and not finished.
 #[derive(Debug)]

@@ -52,7 +52,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use super::segment::{self, Identity, SwRef};
 use crate::clock;
 use crate::collect::aggregator::Tap;
-use crate::span::record::{FLAG_ABANDONED, FLAG_CAPTURED, FLAG_LOCAL_ROOT, SpanKind, SpanRecord};
+use crate::span::record::{
+    FLAG_ABANDONED, FLAG_CAPTURED, FLAG_EXCEPTION, FLAG_LOCAL_ROOT, SpanKind, SpanRecord,
+};
 
 use super::model::{KeyValue, Log, SegmentObject, SegmentReference, SpanObject};
 use super::reporter::Ctl;
@@ -273,7 +275,9 @@ impl Tap for Assembler {
         let s = &record.span;
         let root = s.local_root;
         let is_root = s.flags & FLAG_LOCAL_ROOT != 0;
-        let abandoned = s.flags & FLAG_ABANDONED != 0;
+        // An `ex:` span is Stardust's exception statistics, not part of the trace: it takes
+        // its place among the segment's spans like an abandoned one (counted, not sent).
+        let abandoned = s.flags & (FLAG_ABANDONED | FLAG_EXCEPTION) != 0;
         let extra = s.extra.as_deref();
         let opened = extra.and_then(|e| e.opened.as_ref());
         let now = Instant::now();

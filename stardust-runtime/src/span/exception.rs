@@ -1,0 +1,116 @@
+//! Exception statistics: an error also counts under `ex:<Type>`, as the .NET client records
+//! it ([docs/stardust-protocol.md §11](crate::docs::stardust_protocol)), so Stardust's
+//! per-exception view (operations of kind `ex`) shows how often each kind of error happens.
+//!
+//! The `ex:` span is a child of the failing span, starts when the failing span started, ends
+//! when the error is recorded, carries no error itself (it is counted as a normal call) and has
+//! the error text as its tag only when sampled. `<Type>` is the error type's last path segment
+//! without generics (`ex:ParseIntError`, `ex:String`), or `panic` for a panic.
+//!
+//! An error returned with `?` through several traced functions is one error: each frame
+//! marks its own span as failed, but the `ex:` span is recorded once, under the innermost
+//! span that failed with it (a frame whose direct child just failed with the same type does
+//! not record another).
+
+use std::cell::Cell;
+
+use crate::clock;
+use crate::span::local::with_local;
+use crate::span::record::{FLAG_EXCEPTION, Name, OpenSpan};
+use crate::state;
+
+thread_local! {
+    /// The last `ex:` recorded on this thread: the failing span's parent and a hash of the
+    /// type, so that the parent failing with the same type is known to be the same error.
+    static LAST: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// `a::b::ParseIntError` → `ParseIntError`; `Box<dyn Error>` → `Box`; `&str` → `String`
+/// (string errors are one kind, borrowed or not).
+pub(crate) fn short_type_name(full: &str) -> &str {
+    let base = full.split('<').next().unwrap_or(full);
+    let base = base.rsplit("::").next().unwrap_or(base);
+    let base = base
+        .trim_start_matches(['&', '*', ' '])
+        .trim_start_matches("mut ")
+        .trim();
+    if base == "str" { "String" } else { base }
+}
+
+fn hash(kind: &str) -> u64 {
+    kind.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    }) | 1
+}
+
+/// Records `ex:<kind>` for the open span `failing` of this thread that has just failed with
+/// `text` (see the module doc). Nothing when exception spans are off or the span is not open
+/// here.
+pub(crate) fn record(failing: u64, kind: &str, text: &str) {
+    if failing == 0 || !state::exception_spans() || kind.is_empty() {
+        return;
+    }
+    let end = clock::now();
+    let h = hash(kind);
+    with_local(|local| {
+        let Some(f) = local.stack.find(failing) else {
+            return;
+        };
+        let (start, parent) = (f.start, f.parent);
+        let (last_parent, last_kind) = LAST.with(Cell::get);
+        // Only the parent's own *direct* child counts: the same error coming up with `?`.
+        LAST.with(|l| l.set((parent, h)));
+        if last_parent == failing && last_kind == h {
+            return;
+        }
+        let name = Name::Owned(format!("ex:{kind}").into_boxed_str());
+        let Ok(mut ex) = local.child_of_open(failing, name) else {
+            return;
+        };
+        ex.start = start;
+        ex.flags |= FLAG_EXCEPTION;
+        if ex.is_sampled() {
+            ex.extra_mut().tag = Some(text.to_owned());
+        }
+        local.finish(ex, end, false);
+    });
+}
+
+/// [`record`] for a span that is not on the stack (an instrumented future's own span between
+/// polls): it is put on the stack for the moment and handed back.
+pub(crate) fn record_detached(span: OpenSpan, kind: &str, text: &str) -> OpenSpan {
+    if !state::exception_spans() {
+        return span;
+    }
+    let id = span.span_id;
+    let mut span = Some(span);
+    with_local(|local| local.stack.push(span.take().expect("not taken yet")));
+    let Some(span) = span else {
+        record(id, kind, text);
+        return with_local(|local| local.stack.remove(id))
+            .flatten()
+            .expect("pushed above");
+    };
+    // No thread-local state (thread teardown): nothing recorded.
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_short() {
+        assert_eq!(
+            short_type_name("core::num::error::ParseIntError"),
+            "ParseIntError"
+        );
+        assert_eq!(short_type_name("alloc::string::String"), "String");
+        assert_eq!(short_type_name("&str"), "String");
+        assert_eq!(
+            short_type_name("alloc::boxed::Box<dyn core::error::Error + Send>"),
+            "Box"
+        );
+        assert_eq!(short_type_name("std::io::error::Error"), "Error");
+    }
+}
