@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::report::commands::{DEFAULT_TIMEOUT, Handlers};
 use crate::report::sink::Reporter;
 use crate::util::url::redact_url;
 
@@ -76,6 +77,12 @@ pub struct Config {
     pub(crate) stderr_diagnostics: bool,
     /// Errors also count under `ex:<Type>`.
     pub(crate) exception_spans: bool,
+    /// Handlers of the server's commands, by name (any case).
+    pub(crate) commands: Handlers,
+    /// Set when a command handler was registered with an empty name.
+    pub(crate) empty_command_name: bool,
+    /// Bound of a command handler's run time.
+    pub(crate) command_timeout: Duration,
     #[cfg(feature = "skywalking")]
     pub(crate) skywalking: crate::report::skywalking::SwConfig,
 }
@@ -163,6 +170,9 @@ impl Config {
             process_metrics: true,
             stderr_diagnostics: true,
             exception_spans: true,
+            commands: Handlers::default(),
+            empty_command_name: false,
+            command_timeout: DEFAULT_TIMEOUT,
             #[cfg(feature = "skywalking")]
             skywalking: Default::default(),
         }
@@ -399,6 +409,58 @@ impl Config {
         self
     }
 
+    /// Handles the Stardust server's command `name` (matched ignoring case; registering a name
+    /// again replaces the handler). Commands are sent from the server's web UI or
+    /// `/App/SendCommand` and delivered in the replies to the runtime's pings; the handler gets
+    /// the command's argument (`""` when it has none) and its result is sent back: `Ok(text)`
+    /// as status Done with `text`, `Err(text)` as status Error with `text` (the server keeps
+    /// 500 characters of either).
+    ///
+    /// Handlers run one at a time on a thread of the runtime's (never on the thread that talks
+    /// to the server), each in a span `cmd:<name>` that continues the command's trace. A
+    /// handler that panics is answered Error with the panic's text; one that runs longer than
+    /// [`command_timeout`](Config::command_timeout) is answered Error `timed out …` and its
+    /// late result is ignored (Rust cannot stop it: keep handlers short, or let them hand the
+    /// work on). A command with a start time is answered Processing at once and run at that
+    /// time; an expired one is answered Cancelled without running; a command without a handler
+    /// is answered Error `找不到服务[<name>]`, as the .NET client does. Each command id is run
+    /// and answered once, however often the server re-sends it.
+    ///
+    /// Built in, unless registered here: `app/freeMemory` (the web UI's "free memory" action)
+    /// on Linux with glibc, which returns the allocator's free memory to the system
+    /// (`malloc_trim`) and answers with the resident memory before and after. Without a
+    /// Stardust server handlers are never called.
+    ///
+    /// ```no_run
+    /// let config = stardust_runtime::config!()
+    ///     .command("app/echo", |arg: &str| Ok(format!("echo {arg}")))
+    ///     .command("cache/clear", |_: &str| -> Result<String, String> {
+    ///         // clear it ...
+    ///         Ok("cleared".to_owned())
+    ///     });
+    /// let _guard = stardust_runtime::init_with(config).unwrap();
+    /// ```
+    pub fn command<F>(mut self, name: impl Into<String>, handler: F) -> Config
+    where
+        F: Fn(&str) -> Result<String, String> + Send + Sync + 'static,
+    {
+        let name = name.into();
+        if name.trim().is_empty() {
+            self.empty_command_name = true;
+        } else {
+            self.commands
+                .insert(name.trim().to_owned(), std::sync::Arc::new(handler));
+        }
+        self
+    }
+
+    /// How long a command handler may run before the command is answered Error `timed out`
+    /// (default 30 s; 10 ms ..= 1 h). See [`command`](Config::command).
+    pub fn command_timeout(mut self, timeout: Duration) -> Config {
+        self.command_timeout = timeout.clamp(Duration::from_millis(10), HOUR);
+        self
+    }
+
     /// Reports segments to the Apache SkyWalking OAP at this REST address (`http://host:12800`;
     /// several separated by commas fail over; a bare `host:port` means `http://`). Works beside
     /// the Stardust server. See [`skywalking`](crate::report::skywalking).
@@ -446,6 +508,12 @@ impl Config {
 impl Config {
     /// Checks the values `init` cannot work with; the error names where each came from.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.empty_command_name {
+            return Err(ConfigError::new(
+                "Config::command",
+                "a command handler was registered with an empty name",
+            ));
+        }
         for s in &self.servers {
             check_url(self.servers_from, "server", s)?;
         }
@@ -523,7 +591,9 @@ impl fmt::Debug for Config {
         .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
         .field("process_metrics", &self.process_metrics)
         .field("stderr_diagnostics", &self.stderr_diagnostics)
-        .field("exception_spans", &self.exception_spans);
+        .field("exception_spans", &self.exception_spans)
+        .field("commands", &self.commands.names())
+        .field("command_timeout", &self.command_timeout);
         #[cfg(feature = "skywalking")]
         d.field("skywalking", &self.skywalking);
         d.finish()
@@ -603,6 +673,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.setting(), "StarAppId");
         assert!(e.problem().contains("at most 50"), "{e}");
+        let e = Config::new()
+            .command(" ", |_: &str| Ok(String::new()))
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting(), "Config::command");
+        let c = Config::new().command("App/Echo", |a: &str| Ok(a.to_owned()));
+        assert!(c.validate().is_ok());
+        assert!(format!("{c:?}").contains(r#"commands: ["App/Echo"]"#));
         let ok = Config::new().servers(["http://a:1/", "https://b"]);
         assert_eq!(ok.servers, ["http://a:1", "https://b"]);
         assert!(ok.validate().is_ok());

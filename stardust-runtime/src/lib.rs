@@ -9,7 +9,8 @@
 //   propagation                            carriers, W3C, NewLife, the propagator seam
 //   span                                   records, stack, mailbox, guard, future, context
 //   collect                                aggregator (with its tap seam), builders
-//   report                                 uploader, console, Stardust, SkyWalking
+//   report                                 uploader, console, Stardust (commands, events),
+//                                          SkyWalking
 //   integrations                           incoming requests, routes, ureq, the tracing bridge
 //   config, runtime                        the composition root
 //   testing                                record what a closure reports, in users' tests
@@ -55,6 +56,7 @@ pub use integrations::tracing_layer::StardustLayer;
 pub use integrations::{incoming, ureq as ureq_tracing};
 pub use model::{SpanBuilderModel, SpanModel, TraceModel};
 pub use propagation::{Extractor, Injector};
+pub use report::events::{EventKind, dropped_events, event};
 pub use report::sink::Reporter;
 #[cfg(feature = "skywalking")]
 pub use report::skywalking;

@@ -15,7 +15,8 @@ use crate::delivery::FlushOutcome;
 use crate::error::{FlushError, InitError};
 use crate::propagation::seam;
 use crate::report::console::ConsoleReporter;
-use crate::report::sink::{Sink, UserReporter};
+use crate::report::events;
+use crate::report::sink::{self, Sink, UserReporter};
 use crate::report::stardust::{StardustOptions, StardustSink};
 use crate::report::uploader::Uploader;
 use crate::settings::{SETTINGS, Snapshot};
@@ -137,7 +138,12 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         })?),
         None => None,
     };
+    let (waker, wake_rx) = sink::waker();
+    // The Stardust server's event queue, with the start-up event in it.
+    let mut event_queue = None;
     if !config.servers.is_empty() {
+        let (event_tx, event_rx) = events::queue();
+        event_queue = Some(event_tx);
         sinks.push(Box::new(StardustSink::new(StardustOptions {
             tls_roots,
             servers: config.servers.clone(),
@@ -149,6 +155,10 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             process_metrics: config.process_metrics,
             client_id: identity.client_id.clone(),
             request_timeout: config.request_timeout,
+            commands: config.commands.clone(),
+            command_timeout: config.command_timeout,
+            waker: waker.clone(),
+            events: event_rx,
         })));
     }
     let Config {
@@ -177,6 +187,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         sinks,
         shutdown_timeout,
         stopping: stopping.clone(),
+        wake: wake_rx,
     };
     let aggregator = Aggregator::new(rx, up_tx, identity, first_report_delay, taps);
 
@@ -196,6 +207,9 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         .map_err(InitError::Spawn)?;
 
     mailbox::install(generation, tx.clone());
+    if let Some(event_tx) = event_queue {
+        events::install(event_tx, waker);
+    }
     for p in propagators {
         seam::install(p);
     }
@@ -258,7 +272,9 @@ fn application_version(config: &Config) -> Option<String> {
 ///
 /// Returns only when that is done or the deadline passed, and says which: `Ok` when every
 /// reporter delivered the cut and the queue before it. With the `skywalking` feature it also
-/// waits until the SkyWalking reporter has posted the segments cut so far.
+/// waits until the SkyWalking reporter has posted the segments cut so far. Command replies and
+/// [events](crate::event) waiting to be posted go out too, in the time left (they do not
+/// change the result).
 ///
 /// # Errors
 /// [`FlushError::NotRunning`] when no runtime runs; [`FlushError::TimedOut`] when the deadline
@@ -357,6 +373,7 @@ fn shutdown() {
         return;
     };
     state::disable();
+    events::uninstall();
     running.stopping.store(true, Ordering::Release);
     seam::uninstall();
     let deadline = Instant::now() + running.shutdown_timeout;

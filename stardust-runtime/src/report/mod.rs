@@ -1,7 +1,10 @@
 //! Reporters: the uploader thread and what it drives (the console table, the Stardust client,
-//! users' [`Reporter`]s), and the SkyWalking backend (feature `skywalking`).
+//! users' [`Reporter`]s), the Stardust server's commands and events, and the SkyWalking
+//! backend (feature `skywalking`).
 
+pub(crate) mod commands;
 pub(crate) mod console;
+pub(crate) mod events;
 pub(crate) mod failover;
 pub(crate) mod sink;
 #[cfg(feature = "skywalking")]

@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
 
@@ -41,6 +43,24 @@ pub(crate) trait Sink: Send {
         }
         FlushOutcome::Delivered
     }
+}
+
+/// Wakes the uploader thread so it ticks its reporters now (an event was written, a command
+/// has a reply ready). Cheap and never blocking: a wake already pending absorbs the next ones.
+#[derive(Clone)]
+pub(crate) struct Waker(Sender<()>);
+
+impl Waker {
+    pub(crate) fn wake(&self) {
+        // Full: a wake is pending already; disconnected: the uploader has stopped.
+        let _ = self.0.try_send(());
+    }
+}
+
+/// A [`Waker`] and the receiving end the uploader waits on.
+pub(crate) fn waker() -> (Waker, Receiver<()>) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    (Waker(tx), rx)
 }
 
 pub(crate) struct UserReporter(pub Box<dyn Reporter>);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use crate::collect::aggregator::UpMsg;
 use crate::model::TraceModel;
@@ -20,6 +20,9 @@ pub(crate) struct Uploader {
     /// Set when shutdown begins: periods still on their way are held for the shutdown's
     /// deadline-bound delivery, and no periodic work starts.
     pub stopping: Arc<AtomicBool>,
+    /// Wakes the loop for a tick before its time ([`Waker`](crate::report::sink::Waker)):
+    /// events written, command replies ready.
+    pub wake: Receiver<()>,
 }
 
 /// Runs `f` on one sink; a panic in it is caught and logged (the sink keeps its place and
@@ -43,21 +46,23 @@ impl Uploader {
     pub(crate) fn run(mut self) {
         let mut next_tick: Option<Instant> = self.tick();
         loop {
-            let msg = match next_tick {
-                Some(at) => match self
-                    .rx
-                    .recv_timeout(at.saturating_duration_since(Instant::now()))
-                {
-                    Ok(m) => m,
-                    Err(RecvTimeoutError::Timeout) => {
-                        next_tick = self.tick();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.rx.recv() {
+            let timer = next_tick.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+            let msg = crossbeam_channel::select! {
+                recv(self.rx) -> m => match m {
                     Ok(m) => m,
                     Err(_) => break,
+                },
+                recv(self.wake) -> w => {
+                    if w.is_err() {
+                        // Every waker is gone: stop listening (a closed channel is always ready).
+                        self.wake = crossbeam_channel::never();
+                    }
+                    next_tick = self.tick();
+                    continue;
+                },
+                recv(timer) -> _ => {
+                    next_tick = self.tick();
+                    continue;
                 },
             };
             match msg {
@@ -158,6 +163,7 @@ mod tests {
             ],
             shutdown_timeout: Duration::from_secs(1),
             stopping: stopping.clone(),
+            wake: crossbeam_channel::never(),
         };
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(2);
         let deadline = Instant::now() + Duration::from_secs(1);

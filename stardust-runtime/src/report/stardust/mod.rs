@@ -1,6 +1,7 @@
 //! The Stardust reporter: login, token, ping with process metrics, clock sync, reports
-//! (gzip above 1 KiB), the retry queue, logout. Runs on the uploader thread with blocking
-//! `ureq`; nothing here is traced ([docs/stardust-protocol.md §1.2](crate::docs::stardust_protocol)).
+//! (gzip above 1 KiB), the retry queue, command replies and events, logout. Runs on the
+//! uploader thread with blocking `ureq`; nothing here is traced
+//! ([docs/stardust-protocol.md §1.2](crate::docs::stardust_protocol)).
 
 mod api;
 mod procinfo;
@@ -14,8 +15,10 @@ use serde_json::{Map, Value, json};
 use crate::clock;
 use crate::delivery::{FlushOutcome, Undelivered};
 use crate::model::TraceModel;
+use crate::report::commands::{Dispatcher, Handlers, Reply};
+use crate::report::events::Event;
 use crate::report::failover::HttpError;
-use crate::report::sink::Sink;
+use crate::report::sink::{Sink, Waker};
 use crate::settings::{SETTINGS, Settings};
 use crate::util::diag;
 use crate::util::text::cut_utf16;
@@ -46,6 +49,17 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Time kept for the logout at shutdown: a quarter of the budget, at most this.
 const LOGOUT_MAX: Duration = Duration::from_secs(1);
+/// Most events per `/App/PostEvents` request.
+const EVENT_BATCH: usize = 100;
+/// Events are posted this long after the first of them is written (the rest of a burst
+/// joins the batch), as .NET does.
+const EVENT_DELAY: Duration = Duration::from_secs(1);
+/// First wait before posting events or command replies again after a failure; it doubles up
+/// to `POST_RETRY_MAX`.
+const POST_RETRY_MIN: Duration = Duration::from_secs(5);
+const POST_RETRY_MAX: Duration = Duration::from_secs(60);
+/// Most command replies waiting to be posted (the oldest go first when it overflows).
+const MAX_REPLIES: usize = 1000;
 
 pub(crate) struct StardustOptions {
     pub servers: Vec<String>,
@@ -62,6 +76,13 @@ pub(crate) struct StardustOptions {
     pub request_timeout: Duration,
     /// Trusted CA certificates for `https://` servers; `None`: the built-in web roots.
     pub tls_roots: Option<Vec<ureq::tls::Certificate<'static>>>,
+    /// Command handlers by name (`Config::command`) and their time bound.
+    pub commands: Handlers,
+    pub command_timeout: Duration,
+    /// Wakes the uploader when a command reply is ready.
+    pub waker: Waker,
+    /// The events `stardust_runtime::event` queues (the start-up event first).
+    pub events: crossbeam_channel::Receiver<Event>,
 }
 
 pub(crate) struct StardustSink {
@@ -84,6 +105,18 @@ pub(crate) struct StardustSink {
     queue_dropped: u64,
     clamp_logged: bool,
     proc: procinfo::ProcSampler,
+    commands: Dispatcher,
+    /// Command replies not posted yet, oldest first; retried from `replies_retry`.
+    replies: VecDeque<Reply>,
+    replies_retry: Option<Instant>,
+    replies_backoff: Duration,
+    replies_dropped: u64,
+    events: crossbeam_channel::Receiver<Event>,
+    /// The batch being posted (kept while the server fails, before newer events).
+    event_batch: Vec<Event>,
+    /// When events are posted next.
+    events_due: Option<Instant>,
+    events_backoff: Duration,
 }
 
 impl StardustSink {
@@ -117,6 +150,15 @@ impl StardustSink {
             queue_dropped: 0,
             clamp_logged: false,
             proc: procinfo::ProcSampler::new(o.process_metrics),
+            commands: Dispatcher::new(o.commands, o.command_timeout, o.waker),
+            replies: VecDeque::new(),
+            replies_retry: None,
+            replies_backoff: POST_RETRY_MIN,
+            replies_dropped: 0,
+            events: o.events,
+            event_batch: Vec::new(),
+            events_due: None,
+            events_backoff: POST_RETRY_MIN,
         }
     }
 
@@ -285,6 +327,9 @@ impl StardustSink {
                 }
                 if let Some(token) = get_str(data, "token") {
                     self.api.token = Some(token);
+                }
+                if let Some(commands) = get_ci(data, "commands") {
+                    self.commands.receive(commands);
                 }
             }
             Err(CallError::Business {
@@ -563,6 +608,111 @@ impl StardustSink {
         }
     }
 
+    /// Posts the command replies that are ready, oldest first, until one fails on the network
+    /// (then they wait for `replies_retry`) or `deadline` comes. Needs a login.
+    fn post_replies(&mut self, deadline: Option<Instant>) {
+        self.replies.extend(self.commands.replies().try_iter());
+        while self.replies.len() > MAX_REPLIES {
+            self.replies.pop_front();
+            self.replies_dropped += 1;
+            if self.replies_dropped == 1 {
+                log::error!(
+                    "stardust: {MAX_REPLIES} command replies wait for the server; dropping the oldest (the server re-sends those commands)"
+                );
+            }
+        }
+        while let Some(reply) = self.replies.front().cloned() {
+            if deadline
+                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < api::MIN_CALL_TIME)
+            {
+                return;
+            }
+            let body = serde_json::to_vec(&reply.to_json()).expect("JSON of plain values");
+            match self.authed(true, "/App/CommandReply", &body, false, deadline) {
+                Ok(data) => {
+                    if data == 0 {
+                        log::debug!(
+                            "stardust: the server does not know command {} (deleted?)",
+                            reply.id
+                        );
+                    }
+                }
+                Err(e) if refused_for_good(&e) => log::warn!(
+                    "stardust: the server refused the reply to command {} ({e}); dropped",
+                    reply.id
+                ),
+                Err(e) => {
+                    log::debug!(
+                        "stardust: reply to command {} failed ({e}); retrying in {:?}",
+                        reply.id,
+                        self.replies_backoff
+                    );
+                    self.replies_retry = Some(Instant::now() + self.replies_backoff);
+                    self.replies_backoff = (self.replies_backoff * 2).min(POST_RETRY_MAX);
+                    return;
+                }
+            }
+            self.replies.pop_front();
+        }
+        self.replies_retry = None;
+        self.replies_backoff = POST_RETRY_MIN;
+    }
+
+    /// Posts queued events in batches of at most [`EVENT_BATCH`], until the queue is empty, a
+    /// post fails on the network (the batch is kept and retried after a backoff) or `deadline`
+    /// (at most 30 s from now) comes. Needs a login.
+    fn post_events(&mut self, deadline: Option<Instant>) {
+        let budget = Instant::now() + Duration::from_secs(30);
+        let deadline = deadline.map_or(budget, |d| d.min(budget));
+        loop {
+            if self.event_batch.is_empty() {
+                self.event_batch
+                    .extend(self.events.try_iter().take(EVENT_BATCH));
+            }
+            if self.event_batch.is_empty() {
+                self.events_due = None;
+                self.events_backoff = POST_RETRY_MIN;
+                return;
+            }
+            if deadline.saturating_duration_since(Instant::now()) < api::MIN_CALL_TIME {
+                return;
+            }
+            let batch: Vec<Value> = self.event_batch.iter().map(Event::to_json).collect();
+            let body = serde_json::to_vec(&batch).expect("JSON of plain values");
+            match self.authed(true, "/App/PostEvents", &body, false, Some(deadline)) {
+                Ok(_) => {}
+                Err(e) if refused_for_good(&e) => diag::report(
+                    log::Level::Error,
+                    "events-refused",
+                    &format!(
+                        "the server refused {} events ({e}); dropped",
+                        self.event_batch.len()
+                    ),
+                    "the server's log says why",
+                ),
+                Err(e) => {
+                    log::debug!(
+                        "stardust: posting {} events failed ({e}); retrying in {:?}",
+                        self.event_batch.len(),
+                        self.events_backoff
+                    );
+                    self.events_due = Some(Instant::now() + self.events_backoff);
+                    self.events_backoff = (self.events_backoff * 2).min(POST_RETRY_MAX);
+                    return;
+                }
+            }
+            self.event_batch.clear();
+        }
+    }
+
+    /// Command replies and events, by `deadline` (a flush, the shutdown), when logged in.
+    fn post_pending(&mut self, deadline: Instant) {
+        if self.logged_in && self.api.token.is_some() {
+            self.post_replies(Some(deadline));
+            self.post_events(Some(deadline));
+        }
+    }
+
     fn logout(&mut self, deadline: Instant) {
         if !self.logged_in || self.api.token.is_none() {
             return;
@@ -629,8 +779,8 @@ pub(crate) fn apply_trace_response(reply: &Value) -> Vec<String> {
 }
 
 /// Fuzz entry: a reply body read as the client reads every reply — the envelope, then the
-/// fields of a `TraceResponse`, a login and a ping reply. The shared settings are put back
-/// afterwards.
+/// fields of a `TraceResponse`, a login and a ping reply (its commands included). The shared
+/// settings are put back afterwards.
 #[cfg(any(fuzzing, test))]
 pub(crate) fn fuzz_reply(data: &[u8]) {
     let Ok(value) = api::parse_envelope(data) else {
@@ -654,6 +804,13 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
         );
         StardustSink::sync_clock(o, StardustSink::local_ms());
         assert!(clock::server_offset_ms().abs() <= StardustSink::MAX_OFFSET_MS);
+        if let Some(Value::Array(commands)) = get_ci(o, "commands") {
+            for c in commands {
+                if let Some(c) = crate::report::commands::parse_command(c) {
+                    assert!(c.start_ms.is_none_or(|t| t >= 946_684_800_000));
+                }
+            }
+        }
     }
     clock::set_server_offset_ms(saved_offset);
     SETTINGS.restore(saved);
@@ -676,6 +833,18 @@ pub(crate) fn parse_ca_pem(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'sta
         return Err("the TLS CA PEM holds no certificate".to_owned());
     }
     Ok(certs)
+}
+
+/// A failure that sending the same body again cannot fix: a business code (after the re-login
+/// on 401), or HTTP 400/413/415 (the body does not bind). Anything else is retried.
+fn refused_for_good(e: &CallError) -> bool {
+    match e {
+        CallError::Business { code, .. } => *code != 401,
+        CallError::Transport(Transport::Http(HttpError::Status(status))) => {
+            matches!(status, 400 | 413 | 415)
+        }
+        CallError::Transport(_) => false,
+    }
 }
 
 fn md5_upper(bytes: &[u8]) -> String {
@@ -714,7 +883,23 @@ impl Sink for StardustSink {
         if self.queue.is_empty() {
             self.next_drain = None;
         }
-        let mut next = Vec::with_capacity(3);
+        // Without a token (a disabled auto-registered app) nothing could be posted.
+        let can_post = self.logged_in && self.api.token.is_some();
+        if can_post {
+            let now = Instant::now();
+            let replies_waiting = !self.replies.is_empty() || !self.commands.replies().is_empty();
+            if replies_waiting && self.replies_retry.is_none_or(|t| now >= t) {
+                self.post_replies(None);
+            }
+            let events_waiting = !self.event_batch.is_empty() || !self.events.is_empty();
+            if events_waiting && self.events_due.is_none() {
+                self.events_due = Some(now + EVENT_DELAY);
+            }
+            if self.events_due.is_some_and(|d| now >= d) {
+                self.post_events(None);
+            }
+        }
+        let mut next = Vec::with_capacity(5);
         if !self.logged_in {
             // The queue is only replayed once logged in: wake for the next login, not for a
             // retry time that may have passed (that would spin the uploader thread).
@@ -722,6 +907,10 @@ impl Sink for StardustSink {
         } else {
             next.extend(self.next_ping);
             next.extend(self.next_drain);
+            if can_post {
+                next.extend(self.replies_retry);
+                next.extend(self.events_due);
+            }
         }
         next.into_iter().min()
     }
@@ -736,7 +925,10 @@ impl Sink for StardustSink {
         if let Some(m) = model {
             self.keep(m.clone());
         }
-        let Some(error) = self.deliver_queue(deadline) else {
+        let delivered = self.deliver_queue(deadline);
+        // Command replies and events go too, in the time left.
+        self.post_pending(deadline);
+        let Some(error) = delivered else {
             return FlushOutcome::Delivered;
         };
         if model.is_some() {
@@ -786,6 +978,20 @@ impl Sink for StardustSink {
                 FlushOutcome::TimedOut(lost)
             }
         };
+        self.post_pending(deadline - reserve);
+        let events_left = self.event_batch.len() + self.events.len();
+        if events_left > 0 {
+            log::warn!(
+                "stardust: {events_left} event(s) not posted to the Stardust server by the shutdown deadline; lost"
+            );
+        }
+        self.replies.extend(self.commands.replies().try_iter());
+        if !self.replies.is_empty() {
+            log::warn!(
+                "stardust: {} command replies not posted by the shutdown deadline; the server re-sends those commands",
+                self.replies.len()
+            );
+        }
         self.logout(deadline);
         outcome
     }

@@ -1,0 +1,934 @@
+//! Commands from the Stardust server ([docs/stardust-protocol.md §9](crate::docs::stardust_protocol)):
+//! reading them from a ping reply, de-duplicating them by id, and running the handlers
+//! registered with [`Config::command`](crate::Config::command) off the uploader thread, with a
+//! time bound, each answered exactly once with a final status.
+//!
+//! The uploader thread owns a [`Dispatcher`]: it parses the `commands` of each ping reply,
+//! drops ids it has seen, and hands the new ones to the command thread (started with the first
+//! command). That thread cancels expired commands, answers a command with a future start time
+//! with "processing" and keeps it until it is due, and runs the others one at a time, each on a
+//! thread of its own in a span `cmd:<name>` that continues the command's trace. A handler that
+//! runs past the time bound is answered "timed out" and left to finish alone (its result is
+//! ignored). Replies go back to the uploader, which posts them (`/App/CommandReply`).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::{Map, Value, json};
+
+use crate::clock;
+use crate::report::sink::Waker;
+use crate::span::context::entry_span;
+use crate::util::text::cut_utf16;
+
+/// A command handler: the command's argument (empty when it has none) in, the result text
+/// (status Done) or an error text (status Error) out.
+pub(crate) type Handler = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Default bound of a handler's run time.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ids remembered at least this long (and at least this long past their start time and
+/// expiry), so the server's re-sends are not run again.
+const SEEN_FOR_MS: i64 = 3_600_000;
+/// Most ids remembered; past it the one to be forgotten soonest goes first.
+const MAX_SEEN: usize = 10_000;
+/// Commands handed to the command thread and not yet taken; past it a command is refused.
+const MAX_INBOX: usize = 256;
+/// Commands waiting for their start time, and commands waiting for their turn.
+const MAX_SCHEDULED: usize = 1000;
+const MAX_READY: usize = 1000;
+/// Handlers still running past their bound; past it new commands are refused (their threads
+/// cannot be stopped, only not multiplied).
+const MAX_LATE: usize = 4;
+/// Longest `Data` the server stores (`AppCommand.Result`).
+const MAX_DATA: usize = 500;
+/// Unix ms of 2000-01-01: earlier command times mean "unset".
+const YEAR_2000_MS: i64 = 946_684_800_000;
+
+/// A command's final or interim status (`CommandStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Scheduled for its start time (the server keeps re-sending it).
+    Processing = 1,
+    Done = 2,
+    /// Expired.
+    Cancelled = 3,
+    /// Failed: unknown command, handler error or panic, timed out, refused.
+    Error = 4,
+}
+
+/// An answer to post to `/App/CommandReply`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub id: i64,
+    pub status: Status,
+    pub data: Option<String>,
+}
+
+impl Reply {
+    fn new(id: i64, status: Status, data: Option<String>) -> Reply {
+        Reply {
+            id,
+            status,
+            data: data.map(|d| cut_utf16(&d, MAX_DATA).to_owned()),
+        }
+    }
+
+    /// `CommandReplyModel` as .NET writes it; `Status` as a number, no `null` member.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut body = json!({"Id": self.id, "Status": self.status as i64});
+        if let Some(d) = &self.data {
+            body["Data"] = Value::String(d.clone());
+        }
+        body
+    }
+}
+
+/// A command as delivered (`CommandModel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Command {
+    pub id: i64,
+    pub name: String,
+    pub argument: Option<String>,
+    /// Server time, Unix ms; `None` = unset.
+    pub start_ms: Option<i64>,
+    pub expire_ms: Option<i64>,
+    pub trace_id: Option<String>,
+}
+
+/// The handlers by name, ignoring case (as .NET's dictionary).
+#[derive(Clone, Default)]
+pub(crate) struct Handlers {
+    map: HashMap<String, (String, Handler)>,
+}
+
+impl Handlers {
+    fn key(name: &str) -> String {
+        name.trim().to_lowercase()
+    }
+
+    /// Registers `handler` for `name`, replacing one registered before under any case.
+    pub(crate) fn insert(&mut self, name: String, handler: Handler) {
+        self.map.insert(Self::key(&name), (name, handler));
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Handler> {
+        self.map.get(&Self::key(name)).map(|(_, h)| h)
+    }
+
+    /// The names as registered, sorted (for `Config`'s `Debug`).
+    pub(crate) fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.map.values().map(|(n, _)| n.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// These handlers plus the built-in ones not overridden (see [`builtins`]).
+    pub(crate) fn with_builtins(mut self) -> Handlers {
+        for (name, h) in builtins() {
+            if self.get(name).is_none() {
+                self.insert(name.to_owned(), h);
+            }
+        }
+        self
+    }
+}
+
+/// The built-in handlers. Of the .NET built-ins (stardust-app-client.md C4.7) only
+/// `app/freeMemory` has a Rust meaning, and only with glibc: `malloc_trim` hands the allocator's
+/// free memory back to the system. Everything else (`registry/*`, `config/publish`,
+/// `App/Upgrade`) is answered as unknown.
+fn builtins() -> Vec<(&'static str, Handler)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        vec![("app/freeMemory", Arc::new(|_: &str| Ok(free_memory())))]
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        Vec::new()
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn free_memory() -> String {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    let rss_kb = || -> Option<u64> {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let before = rss_kb();
+    // SAFETY: glibc's `malloc_trim` takes a plain size, touches only the allocator's own
+    // state (under its locks) and may be called from any thread at any time.
+    let released = unsafe { malloc_trim(0) } == 1;
+    let after = rss_kb();
+    let what = if released {
+        "memory returned to the system"
+    } else {
+        "nothing to return"
+    };
+    match (before, after) {
+        (Some(b), Some(a)) => format!("OK: {what}, RSS {} MB -> {} MB", b / 1024, a / 1024),
+        _ => format!("OK: {what}"),
+    }
+}
+
+// ---- reading commands ---------------------------------------------------------------------
+
+fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+fn text_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A `CommandModel` (camelCase from a ping, PascalCase from the WebSocket); `None` when it is
+/// not an object or has no usable id.
+pub(crate) fn parse_command(v: &Value) -> Option<Command> {
+    let o = v.as_object()?;
+    let id = match get_ci(o, "id")? {
+        Value::Number(n) => n.as_i64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    Some(Command {
+        id,
+        name: text_of(get_ci(o, "command")).unwrap_or_default(),
+        argument: text_of(get_ci(o, "argument")),
+        start_ms: get_ci(o, "startTime").and_then(parse_time),
+        expire_ms: get_ci(o, "expire").and_then(parse_time),
+        trace_id: text_of(get_ci(o, "traceId")).filter(|t| !t.trim().is_empty()),
+    })
+}
+
+/// A command time as Unix ms (stardust-app-client.md C4.2): `yyyy-MM-dd HH:mm:ss`,
+/// `yyyy-MM-ddTHH:mm:ss[.fffffff]`, each with `Z`, an offset `±hh:mm` or no zone (read as UTC,
+/// as .NET reads it), or a Unix time number (ms above 3,153,600,000, else s). Before 2000,
+/// `""`, `null` or unreadable: unset (`None`).
+pub(crate) fn parse_time(v: &Value) -> Option<i64> {
+    let ms = match v {
+        Value::Number(n) => {
+            let t = n.as_i64()?;
+            if t > 3_153_600_000 {
+                t
+            } else {
+                t.checked_mul(1000)?
+            }
+        }
+        Value::String(s) => parse_time_text(s.trim())?,
+        _ => return None,
+    };
+    (ms >= YEAR_2000_MS).then_some(ms)
+}
+
+fn parse_time_text(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut ms = days_from_civil(year, month, day).checked_mul(86_400_000)?;
+    let mut i = 10;
+    if matches!(b.get(i), Some(b'T' | b't' | b' ')) {
+        let (h, mi) = (num(i + 1, 2)?, num(i + 4, 2)?);
+        if b.get(i + 3) != Some(&b':') || h > 23 || mi > 59 {
+            return None;
+        }
+        ms += (h * 3600 + mi * 60) * 1000;
+        i += 6;
+        if b.get(i) == Some(&b':') {
+            let sec = num(i + 1, 2)?;
+            if sec > 60 {
+                return None;
+            }
+            ms += sec * 1000;
+            i += 3;
+            if b.get(i) == Some(&b'.') {
+                i += 1;
+                let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if digits == 0 {
+                    return None;
+                }
+                let frac: i64 = b[i..i + digits.min(3)]
+                    .iter()
+                    .fold(0, |n, d| n * 10 + i64::from(d - b'0'));
+                ms += frac * [100, 10, 1][digits.min(3) - 1];
+                i += digits;
+            }
+        }
+    }
+    match &b[i..] {
+        [] | [b'Z' | b'z'] => Some(ms),
+        [sign @ (b'+' | b'-'), rest @ ..] => {
+            let (h, m) = match rest {
+                [_, _, b':', _, _] => (num(i + 1, 2)?, num(i + 4, 2)?),
+                [_, _, _, _] => (num(i + 1, 2)?, num(i + 3, 2)?),
+                [_, _] => (num(i + 1, 2)?, 0),
+                _ => return None,
+            };
+            let offset = (h * 60 + m) * 60_000;
+            Some(if *sign == b'+' {
+                ms - offset
+            } else {
+                ms + offset
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `yyyy-MM-ddTHH:mm:ssZ` of Unix ms.
+fn format_utc(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let secs = ms.rem_euclid(86_400_000) / 1000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+// ---- the uploader's side ------------------------------------------------------------------
+
+/// What the uploader thread keeps: seen ids, the way to the command thread, the replies.
+pub(crate) struct Dispatcher {
+    handlers: Arc<Handlers>,
+    timeout: Duration,
+    waker: Waker,
+    /// Id → when it may be forgotten (server Unix ms).
+    seen: HashMap<i64, i64>,
+    inbox: Option<Sender<Command>>,
+    replies_tx: Sender<Reply>,
+    replies_rx: Receiver<Reply>,
+    thread_failed: bool,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(handlers: Handlers, timeout: Duration, waker: Waker) -> Dispatcher {
+        let (replies_tx, replies_rx) = crossbeam_channel::unbounded();
+        Dispatcher {
+            handlers: Arc::new(handlers.with_builtins()),
+            timeout,
+            waker,
+            seen: HashMap::new(),
+            inbox: None,
+            replies_tx,
+            replies_rx,
+            thread_failed: false,
+        }
+    }
+
+    /// Replies ready to post, oldest first.
+    pub(crate) fn replies(&self) -> &Receiver<Reply> {
+        &self.replies_rx
+    }
+
+    /// The `commands` member of a ping reply: new commands go to the command thread; ids
+    /// seen before are dropped without a reply (the server re-sends until it has a final one).
+    pub(crate) fn receive(&mut self, commands: &Value) {
+        let Value::Array(list) = commands else {
+            return;
+        };
+        let now = clock::unix_ms_now();
+        self.seen.retain(|_, until| *until > now);
+        for v in list {
+            let Some(cmd) = parse_command(v) else {
+                log::debug!("stardust: ignoring a command that does not read: {v}");
+                continue;
+            };
+            if cmd.id <= 0 || cmd.name.trim().is_empty() {
+                // As .NET: no name, nothing to run; id 0 cannot be answered.
+                log::debug!(
+                    "stardust: ignoring command {} `{}` (no id or no name)",
+                    cmd.id,
+                    cmd.name
+                );
+                continue;
+            }
+            if self.seen.contains_key(&cmd.id) {
+                continue;
+            }
+            self.remember(&cmd, now);
+            log::debug!("stardust: command {} `{}` received", cmd.id, cmd.name);
+            self.dispatch(cmd);
+        }
+    }
+
+    /// Remembers the id for an hour, and an hour past its start time and expiry.
+    fn remember(&mut self, cmd: &Command, now: i64) {
+        if self.seen.len() >= MAX_SEEN {
+            if let Some(id) = self.seen.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id) {
+                self.seen.remove(&id);
+            }
+        }
+        let latest = now
+            .max(cmd.start_ms.unwrap_or(0))
+            .max(cmd.expire_ms.unwrap_or(0));
+        self.seen.insert(cmd.id, latest.saturating_add(SEEN_FOR_MS));
+    }
+
+    fn dispatch(&mut self, cmd: Command) {
+        if self.inbox.is_none() && !self.thread_failed {
+            self.inbox = self.spawn();
+            self.thread_failed = self.inbox.is_none();
+        }
+        let refused = match &self.inbox {
+            None => Some((cmd, "the command thread could not be started".to_owned())),
+            Some(tx) => match tx.try_send(cmd) {
+                Ok(()) => None,
+                Err(TrySendError::Full(cmd)) => Some((
+                    cmd,
+                    format!("busy: {MAX_INBOX} commands are waiting to run"),
+                )),
+                Err(TrySendError::Disconnected(cmd)) => {
+                    Some((cmd, "the command thread has stopped".to_owned()))
+                }
+            },
+        };
+        if let Some((cmd, why)) = refused {
+            log::warn!("stardust: command {} `{}` refused: {why}", cmd.id, cmd.name);
+            let _ = self
+                .replies_tx
+                .send(Reply::new(cmd.id, Status::Error, Some(why)));
+            self.waker.wake();
+        }
+    }
+
+    fn spawn(&self) -> Option<Sender<Command>> {
+        let (tx, rx) = crossbeam_channel::bounded(MAX_INBOX);
+        let (results_tx, results_rx) = crossbeam_channel::unbounded();
+        let worker = Worker {
+            inbox: rx,
+            handlers: self.handlers.clone(),
+            timeout: self.timeout,
+            out: self.replies_tx.clone(),
+            waker: self.waker.clone(),
+            results_tx,
+            results_rx,
+            scheduled: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            running: None,
+            late: HashSet::new(),
+            next_seq: 0,
+        };
+        match std::thread::Builder::new()
+            .name("stardust-commands".into())
+            .spawn(move || worker.run())
+        {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                crate::util::diag::report(
+                    log::Level::Error,
+                    "command-thread",
+                    &format!(
+                        "the command thread could not be started ({e}); commands are answered with an error"
+                    ),
+                    "",
+                );
+                None
+            }
+        }
+    }
+}
+
+// ---- the command thread -------------------------------------------------------------------
+
+/// How a handler's run ended.
+enum Outcome {
+    Ok(String),
+    Err(String),
+    Panicked(String),
+}
+
+struct Running {
+    seq: u64,
+    id: i64,
+    name: String,
+    deadline: Instant,
+}
+
+struct Worker {
+    inbox: Receiver<Command>,
+    handlers: Arc<Handlers>,
+    timeout: Duration,
+    out: Sender<Reply>,
+    waker: Waker,
+    results_tx: Sender<(u64, Outcome)>,
+    results_rx: Receiver<(u64, Outcome)>,
+    /// Commands waiting for their start time: (start, arrival order, command).
+    scheduled: BinaryHeap<Reverse<(i64, u64, CommandOrd)>>,
+    ready: VecDeque<Command>,
+    running: Option<Running>,
+    /// Runs that timed out and have not returned yet.
+    late: HashSet<u64>,
+    next_seq: u64,
+}
+
+/// A command in the schedule heap, ordered only by the heap's other keys.
+struct CommandOrd(Command);
+
+impl PartialEq for CommandOrd {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for CommandOrd {}
+impl PartialOrd for CommandOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for CommandOrd {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// The longest the command thread sleeps without looking at the clock (the server offset may
+/// change while a command waits for its start time).
+const MAX_SLEEP: Duration = Duration::from_secs(10);
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            self.start_next();
+            let now_ms = clock::unix_ms_now();
+            let mut wait = MAX_SLEEP;
+            if let Some(Reverse((start, _, _))) = self.scheduled.peek() {
+                wait = wait.min(Duration::from_millis(
+                    start.saturating_sub(now_ms).max(0) as u64
+                ));
+            }
+            if let Some(r) = &self.running {
+                wait = wait.min(r.deadline.saturating_duration_since(Instant::now()));
+            }
+            crossbeam_channel::select! {
+                recv(self.inbox) -> cmd => match cmd {
+                    Ok(cmd) => self.accept(cmd),
+                    // The reporter is gone: nobody could post a reply any more.
+                    Err(_) => return,
+                },
+                recv(self.results_rx) -> r => {
+                    if let Ok((seq, outcome)) = r {
+                        self.finished(seq, outcome);
+                    }
+                },
+                default(wait) => {},
+            }
+            self.check_deadline();
+            self.release_due();
+        }
+    }
+
+    fn reply(&self, id: i64, status: Status, data: Option<String>) {
+        let _ = self.out.send(Reply::new(id, status, data));
+        self.waker.wake();
+    }
+
+    /// A command from the ping: cancelled when expired, scheduled when its start time is
+    /// ahead, else queued to run.
+    fn accept(&mut self, cmd: Command) {
+        let now = clock::unix_ms_now();
+        if self.cancel_if_expired(&cmd, now) {
+            return;
+        }
+        match cmd.start_ms {
+            Some(start) if start > now => {
+                if self.scheduled.len() >= MAX_SCHEDULED {
+                    self.refuse(
+                        &cmd,
+                        format!("busy: {MAX_SCHEDULED} commands are scheduled"),
+                    );
+                    return;
+                }
+                log::debug!(
+                    "stardust: command {} `{}` scheduled for {}",
+                    cmd.id,
+                    cmd.name,
+                    format_utc(start)
+                );
+                // As .NET: "scheduled for <time>"; the final status follows when it has run.
+                self.reply(
+                    cmd.id,
+                    Status::Processing,
+                    Some(format!("已安排计划执行 {}", format_utc(start))),
+                );
+                self.next_seq += 1;
+                self.scheduled
+                    .push(Reverse((start, self.next_seq, CommandOrd(cmd))));
+            }
+            _ => self.enqueue(cmd),
+        }
+    }
+
+    fn enqueue(&mut self, cmd: Command) {
+        if self.ready.len() >= MAX_READY {
+            self.refuse(
+                &cmd,
+                format!("busy: {MAX_READY} commands are waiting to run"),
+            );
+        } else {
+            self.ready.push_back(cmd);
+        }
+    }
+
+    fn refuse(&self, cmd: &Command, why: String) {
+        log::warn!("stardust: command {} `{}` refused: {why}", cmd.id, cmd.name);
+        self.reply(cmd.id, Status::Error, Some(why));
+    }
+
+    /// Answers Cancelled when the command's expiry has passed (server time).
+    fn cancel_if_expired(&self, cmd: &Command, now: i64) -> bool {
+        let Some(expire) = cmd.expire_ms.filter(|e| *e <= now) else {
+            return false;
+        };
+        let mut span = command_span(cmd);
+        span.set_tag(format!("expired at {}", format_utc(expire)));
+        drop(span);
+        log::debug!(
+            "stardust: command {} `{}` expired at {}; cancelled",
+            cmd.id,
+            cmd.name,
+            format_utc(expire)
+        );
+        self.reply(cmd.id, Status::Cancelled, None);
+        true
+    }
+
+    /// Moves scheduled commands whose start time has come to the run queue.
+    fn release_due(&mut self) {
+        let now = clock::unix_ms_now();
+        while self
+            .scheduled
+            .peek()
+            .is_some_and(|Reverse((start, _, _))| *start <= now)
+        {
+            let Some(Reverse((_, _, CommandOrd(cmd)))) = self.scheduled.pop() else {
+                break;
+            };
+            self.enqueue(cmd);
+        }
+    }
+
+    /// Starts the next queued command when none runs.
+    fn start_next(&mut self) {
+        while self.running.is_none() {
+            let Some(cmd) = self.ready.pop_front() else {
+                return;
+            };
+            if self.cancel_if_expired(&cmd, clock::unix_ms_now()) {
+                continue;
+            }
+            let Some(handler) = self.handlers.get(&cmd.name).cloned() else {
+                // The text .NET answers (its ApiException 404 "service not found").
+                let text = format!("找不到服务[{}]", cmd.name);
+                let mut span = command_span(&cmd);
+                span.set_error(&text);
+                drop(span);
+                log::debug!("stardust: command {} `{}`: no handler", cmd.id, cmd.name);
+                self.reply(cmd.id, Status::Error, Some(text));
+                continue;
+            };
+            if self.late.len() >= MAX_LATE {
+                self.refuse(
+                    &cmd,
+                    format!(
+                        "busy: {MAX_LATE} command handlers are still running past their time bound"
+                    ),
+                );
+                continue;
+            }
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            let results = self.results_tx.clone();
+            let timeout = self.timeout;
+            let (id, name) = (cmd.id, cmd.name.clone());
+            let spawned = std::thread::Builder::new()
+                .name("stardust-command".into())
+                .spawn(move || {
+                    let outcome = run_handler(&cmd, &handler, timeout);
+                    let _ = results.send((seq, outcome));
+                });
+            match spawned {
+                Ok(_) => {
+                    self.running = Some(Running {
+                        seq,
+                        id,
+                        name,
+                        deadline: Instant::now() + timeout,
+                    });
+                }
+                Err(e) => self.reply(
+                    id,
+                    Status::Error,
+                    Some(format!("could not start a thread for the command: {e}")),
+                ),
+            }
+        }
+    }
+
+    fn finished(&mut self, seq: u64, outcome: Outcome) {
+        if self.late.remove(&seq) {
+            log::debug!(
+                "stardust: a command handler that timed out has returned; its result is ignored"
+            );
+            return;
+        }
+        let Some(r) = self.running.take_if(|r| r.seq == seq) else {
+            return;
+        };
+        let (status, data) = match outcome {
+            Outcome::Ok(text) => (Status::Done, text),
+            Outcome::Err(text) => (Status::Error, text),
+            Outcome::Panicked(text) => {
+                log::warn!(
+                    "stardust: the handler of command `{}` panicked: {text}",
+                    r.name
+                );
+                (Status::Error, text)
+            }
+        };
+        log::debug!("stardust: command {} `{}`: {status:?}", r.id, r.name);
+        self.reply(r.id, status, Some(data));
+    }
+
+    /// Answers a handler that ran past its bound "timed out" and stops waiting for it.
+    fn check_deadline(&mut self) {
+        let Some(r) = self.running.take_if(|r| Instant::now() >= r.deadline) else {
+            return;
+        };
+        log::warn!(
+            "stardust: the handler of command {} `{}` did not return within {:?}; answered as timed out",
+            r.id,
+            r.name,
+            self.timeout
+        );
+        self.late.insert(r.seq);
+        self.reply(
+            r.id,
+            Status::Error,
+            Some(format!(
+                "timed out after {} ms (the handler keeps running; its result is ignored)",
+                self.timeout.as_millis()
+            )),
+        );
+    }
+}
+
+/// The span `cmd:<name>` of a command, continuing its trace (a W3C traceparent, or a bare
+/// trace id from the WebSocket) when it has one; the argument is its tag when sampled.
+fn command_span(cmd: &Command) -> crate::span::guard::SpanGuard {
+    let headers: Vec<(&str, &str)> = cmd
+        .trace_id
+        .as_deref()
+        .map(|t| ("TraceId", t.trim()))
+        .into_iter()
+        .collect();
+    let mut span = entry_span(format!("cmd:{}", cmd.name), &headers);
+    if let Some(arg) = cmd.argument.as_deref().filter(|a| !a.is_empty()) {
+        span.tag_with(|| arg.to_owned());
+    }
+    span
+}
+
+/// Runs one handler in its span, catching a panic.
+fn run_handler(cmd: &Command, handler: &Handler, timeout: Duration) -> Outcome {
+    let mut span = command_span(cmd);
+    let started = Instant::now();
+    let arg = cmd.argument.as_deref().unwrap_or("");
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg))) {
+        Ok(Ok(text)) => Outcome::Ok(text),
+        Ok(Err(text)) => Outcome::Err(text),
+        Err(p) => Outcome::Panicked(
+            p.downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the handler panicked".to_owned()),
+        ),
+    };
+    match &outcome {
+        Outcome::Ok(_) if started.elapsed() > timeout => span.set_error("timed out"),
+        Outcome::Ok(_) => {}
+        Outcome::Err(e) | Outcome::Panicked(e) => span.set_error(e),
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(s: &str) -> Option<i64> {
+        parse_time(&Value::String(s.to_owned()))
+    }
+
+    const T: i64 = 1_785_665_100_000; // 2026-08-02T10:05:00Z
+
+    #[test]
+    fn command_times_read_in_every_form_the_server_writes() {
+        assert_eq!(format_utc(T), "2026-08-02T10:05:00Z");
+        // Ping reply, UTC (App.Compile ≥ 2025) and server-local (zone-less, read as UTC).
+        assert_eq!(ms("2026-08-02T10:05:00.0000000Z"), Some(T));
+        assert_eq!(ms("2026-08-02T10:05:00.1234567Z"), Some(T + 123));
+        assert_eq!(ms("2026-08-02 10:05:00"), Some(T));
+        // WebSocket forms.
+        assert_eq!(ms("2026-08-02T10:05:00Z"), Some(T));
+        assert_eq!(ms("2026-08-02T10:05:00"), Some(T));
+        // Offsets, minutes only, a date alone, numbers.
+        assert_eq!(ms("2026-08-02T18:05:00+08:00"), Some(T));
+        assert_eq!(ms("2026-08-02T05:05:00-0500"), Some(T));
+        assert_eq!(ms("2026-08-02T10:05"), Some(T));
+        assert_eq!(ms("2026-08-02"), Some(T - 36_300_000));
+        assert_eq!(parse_time(&json!(T)), Some(T));
+        assert_eq!(parse_time(&json!(T / 1000)), Some(T));
+        // Unset.
+        for unset in [
+            "0001-01-01 00:00:00",
+            "",
+            "1999-12-31 23:59:59",
+            "garbage",
+            "2026-13-01",
+        ] {
+            assert_eq!(ms(unset), None, "{unset}");
+        }
+        assert_eq!(parse_time(&Value::Null), None);
+        assert_eq!(ms("2000-01-01 00:00:00"), Some(YEAR_2000_MS));
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn command_models_read_ignoring_case() {
+        let c = parse_command(&json!({
+            "id": 7, "command": "app/echo", "argument": "hi",
+            "startTime": "0001-01-01 00:00:00", "expire": "2026-08-02T10:05:00.0000000Z",
+            "traceId": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "status": 0
+        }))
+        .unwrap();
+        assert_eq!(
+            (c.id, c.name.as_str(), c.argument.as_deref()),
+            (7, "app/echo", Some("hi"))
+        );
+        assert_eq!((c.start_ms, c.expire_ms), (None, Some(T)));
+        let c = parse_command(
+            &json!({"Id": "8", "Command": "x", "Argument": null, "StartTime": "", "TraceId": ""}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.id, c.argument, c.start_ms, c.trace_id),
+            (8, None, None, None)
+        );
+        assert!(parse_command(&json!({"command": "x"})).is_none());
+        assert!(parse_command(&json!([1])).is_none());
+    }
+
+    #[test]
+    fn replies_are_pascal_case_without_null() {
+        let r = Reply::new(3, Status::Done, Some("订".repeat(600)));
+        let j = r.to_json();
+        assert_eq!(j["Status"], 2);
+        assert_eq!(j["Data"].as_str().unwrap().chars().count(), MAX_DATA);
+        assert_eq!(
+            Reply::new(4, Status::Cancelled, None).to_json(),
+            json!({"Id": 4, "Status": 3})
+        );
+    }
+
+    #[test]
+    fn handlers_are_found_ignoring_case_and_override_builtins() {
+        let mut h = Handlers::default();
+        h.insert("App/Echo".into(), Arc::new(|a: &str| Ok(a.to_owned())));
+        h.insert(
+            "app/freememory".into(),
+            Arc::new(|_: &str| Err("no".into())),
+        );
+        let h = h.with_builtins();
+        assert!(h.get("APP/ECHO").is_some());
+        assert_eq!(h.get("app/freeMemory").unwrap()(""), Err("no".to_owned()));
+        assert_eq!(h.names(), ["App/Echo", "app/freememory"]);
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn free_memory_is_built_in_with_glibc() {
+        let h = Handlers::default().with_builtins();
+        let out = h.get("APP/FREEMEMORY").unwrap()("").unwrap();
+        assert!(out.starts_with("OK"), "{out}");
+    }
+
+    #[test]
+    fn ids_are_remembered_past_start_and_expiry_and_bounded() {
+        let (waker, _rx) = crate::report::sink::waker();
+        let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
+        let now = clock::unix_ms_now();
+        let cmd = |id, start| Command {
+            id,
+            name: "x".into(),
+            argument: None,
+            start_ms: start,
+            expire_ms: None,
+            trace_id: None,
+        };
+        d.remember(&cmd(1, None), now);
+        d.remember(&cmd(2, Some(now + 10 * SEEN_FOR_MS)), now);
+        assert_eq!(d.seen[&1], now + SEEN_FOR_MS);
+        assert_eq!(d.seen[&2], now + 11 * SEEN_FOR_MS);
+        for id in 3..(MAX_SEEN as i64 + 10) {
+            d.remember(&cmd(id, None), now);
+        }
+        assert_eq!(d.seen.len(), MAX_SEEN);
+        assert!(
+            d.seen.contains_key(&2),
+            "the far-future one is kept longest"
+        );
+    }
+}
