@@ -1124,7 +1124,7 @@ fn fake_is_send_sync_and_wait_for_times_out() {
     assert!(fake.wait_for(|r| r.reports.is_empty(), Duration::ZERO));
 }
 
-// ---- model binding, versions, columns, Compile (stardust-app-client.md C1) --------------------
+// ---- model binding, versions, columns, Compile (stardust-runtime/docs/stardust-protocol.md §6) --------------------
 
 /// An `AppInfo` as the .NET client writes it (every number present, no nulls).
 fn app_info(version: &str) -> Value {
@@ -1496,7 +1496,7 @@ fn login_compile_is_recorded_and_checked() {
     assert_eq!(rules(&fake), vec!["compile-missing"]);
 }
 
-// ---- commands (C4) ----------------------------------------------------------------------------
+// ---- commands (stardust-runtime/docs/stardust-protocol.md §9) ----------------------------------------------------------------------------
 
 #[test]
 fn commands_are_delivered_resent_and_cancelled() {
@@ -1770,7 +1770,7 @@ fn command_replies_are_recorded_and_checked() {
     assert_eq!(fake.command_replies().len(), n);
 }
 
-// ---- events (C5) ------------------------------------------------------------------------------
+// ---- events (stardust-runtime/docs/stardust-protocol.md §10) ------------------------------------------------------------------------------
 
 #[test]
 fn events_are_recorded_and_checked() {
@@ -1879,7 +1879,7 @@ fn events_are_recorded_and_checked() {
     assert_eq!(j["code"], 401);
 }
 
-// ---- a report's Info (C1.5) -------------------------------------------------------------------
+// ---- a report's Info (stardust-runtime/docs/stardust-protocol.md §6.6) -------------------------------------------------------------------
 
 #[test]
 fn report_info_binds_and_runs_the_version_check() {

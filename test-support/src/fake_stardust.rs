@@ -25,22 +25,22 @@
 //!   (client defaults 1/10/1024 before any reply), over all clients together.
 //! - `wait_for` runs its predicate under the record lock: don't call `FakeStardust` methods in it.
 //!
-//! Strictness of the real server (/work/shared/protocol/stardust-app-client.md, "C" below):
+//! Strictness of the real server (stardust-runtime/docs/stardust-protocol.md §6, §9, §10):
 //! - `/App/Login`, `/App/Ping`, `/App/PostEvents`, `/App/CommandReply` bind their body like
-//!   ASP.NET `[ApiController]` + System.Text.Json (C1.1–C1.3): after authorization (never for
+//!   ASP.NET `[ApiController]` + System.Text.Json (stardust-runtime/docs/stardust-protocol.md §6.1–§6.4): after authorization (never for
 //!   Login), a `null`, a fraction or a wrong JSON type in a number/enum/date member, a body that
 //!   is empty, not JSON or of the wrong shape → HTTP 400 ProblemDetails without `code`; a
 //!   non-JSON Content-Type → 415. `/App/Logout` without `reason` → 400. `/Trace/Report` binds a
 //!   report's `Info` the same way (failure = the silent `{code:0,data:null}`).
-//! - Strings over their columns → `{code:500}` (C1.4): login AppId/Code, AppName, Version,
+//! - Strings over their columns → `{code:500}` (stardust-runtime/docs/stardust-protocol.md §6.5): login AppId/Code, AppName, Version,
 //!   ClientId; ping Version, UserName, MachineName; event Name (the whole batch) — 50 each.
-//! - The `App` record ([`AppMeta`]) keeps `Version` and `Compile` as C1.5/C1.7 describe: a login
+//! - The `App` record ([`AppMeta`]) keeps `Version` and `Compile` as stardust-runtime/docs/stardust-protocol.md §6.6–§6.7 describe: a login
 //!   with a strictly newer `Compile` replaces both; a ping stores its version while the app has
 //!   none, and once `App.Compile` is over 30 days old parses both as `System.Version` — an
 //!   unparseable one answers `{code:500}` (no token refresh, no commands).
 //! - Commands ([`FakeStardust::send_command`]) are delivered in ping replies and re-sent until a
-//!   final reply, at most 11 (with an expiry 101) times (C4); `/App/CommandReply` and
-//!   `/App/PostEvents` (C5) are recorded.
+//!   final reply, at most 11 (with an expiry 101) times (stardust-runtime/docs/stardust-protocol.md §9); `/App/CommandReply` and
+//!   `/App/PostEvents` (stardust-runtime/docs/stardust-protocol.md §10) are recorded.
 //!
 //! Every request the real server would reject is also a [`Violation`] (rules `http-400`,
 //! `http-415`, `column-length`, `ping-500`, `report-500`, …), recorded even when the request
@@ -136,10 +136,10 @@ pub struct Settings {
     pub trace_response: TraceResponseCfg,
     /// The server's time zone, minutes east of UTC. Used where the real server writes its local
     /// wall time: command `startTime`/`expire` of apps whose `App.Compile` is before 2025
-    /// (stardust-app-client.md C4.3). Default 0.
+    /// (stardust-runtime/docs/stardust-protocol.md §9.3). Default 0.
     pub server_utc_offset_min: i32,
     /// A login without a `Compile` (or with 0) is a violation (`compile-missing`). The real
-    /// server accepts it (C1.7); default false.
+    /// server accepts it (stardust-runtime/docs/stardust-protocol.md §6.7); default false.
     pub require_compile: bool,
 }
 
@@ -172,7 +172,7 @@ pub struct AppEntry {
 }
 
 /// What the server stores about an app besides [`AppEntry`]: the `App` record's `Version`,
-/// `Compile` and `DisplayName` (stardust-app-client.md C1.5, C1.7). A pre-registered app starts
+/// `Compile` and `DisplayName` (stardust-runtime/docs/stardust-protocol.md §6.6, §6.7). A pre-registered app starts
 /// with no version, compile time 0 (1970) and no display name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppMeta {
@@ -189,7 +189,7 @@ pub struct AppMeta {
 // Commands
 // ---------------------------------------------------------------------------------------------
 
-/// `CommandStatus` values (stardust-app-client.md C4.5).
+/// `CommandStatus` values (stardust-runtime/docs/stardust-protocol.md §9.5).
 pub mod command_status {
     /// 就绪: not started (pending).
     pub const READY: i64 = 0;
@@ -209,7 +209,7 @@ pub struct CommandOptions {
     /// Do not run before this server time (Unix ms). `None` = immediate.
     pub start_time_ms: Option<i64>,
     /// Do not run after this server time (Unix ms). `None` = no expiry. With an expiry the server
-    /// sends the command up to 101 times instead of 11 (C4.6).
+    /// sends the command up to 101 times instead of 11 (stardust-runtime/docs/stardust-protocol.md §9.6).
     pub expire_ms: Option<i64>,
     /// `traceId` of the command. `None` = a fresh traceparent `00-<trace>-<span>-01`.
     pub trace_id: Option<String>,
@@ -270,7 +270,7 @@ pub struct CommandReplyRecord {
     pub data_reply: Value,
 }
 
-/// One event of an accepted `/App/PostEvents` batch (an `AppHistory` row, C5.1).
+/// One event of an accepted `/App/PostEvents` batch (an `AppHistory` row, stardust-runtime/docs/stardust-protocol.md §10.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRecord {
     pub seq: u64,
@@ -401,9 +401,9 @@ pub enum Endpoint {
     Logout,
     Report,
     ReportRaw,
-    /// `/App/PostEvents` (C5).
+    /// `/App/PostEvents` (stardust-runtime/docs/stardust-protocol.md §10).
     PostEvents,
-    /// `/App/CommandReply` (C4.5).
+    /// `/App/CommandReply` (stardust-runtime/docs/stardust-protocol.md §9.5).
     CommandReply,
     Other,
 }
@@ -508,7 +508,7 @@ pub struct PingRecord {
     /// A fresh token was returned (old one was within the refresh window).
     pub new_token: Option<String>,
     /// Envelope code of the reply: 0, or 500 when the action failed (an unparseable `Version`
-    /// with an `App.Compile` over 30 days old, a string over its column; C1.4/C1.5). A failed
+    /// with an `App.Compile` over 30 days old, a string over its column; stardust-runtime/docs/stardust-protocol.md §6.5, §6.6). A failed
     /// ping refreshes no token and delivers no commands.
     pub code: i64,
     /// Ids of the commands delivered in the reply.
@@ -1041,18 +1041,18 @@ impl FakeStardust {
             .compile_ms = compile_ms;
     }
 
-    // ---- commands and events (stardust-app-client.md C4, C5) ---------------------------------
+    // ---- commands and events (stardust-runtime/docs/stardust-protocol.md §9, §10) ---------------------------------
 
     /// Queue an immediate command without expiry for `app` (as the web UI or
     /// `/App/SendCommand` would); returns its id. It is delivered in the `commands` of every
     /// successful ping of any instance of the app until it gets a final status (2/3/4) by
-    /// `/App/CommandReply`, and cancelled by the server after 11 sends (C4.6).
+    /// `/App/CommandReply`, and cancelled by the server after 11 sends (stardust-runtime/docs/stardust-protocol.md §9.6).
     pub fn send_command(&self, app: &str, command: &str, argument: Option<&str>) -> i64 {
         self.send_command_with(app, command, argument, CommandOptions::default())
     }
     /// Queue a command with a start time, an expiry and/or a trace id; returns its id. With an
     /// expiry it is sent up to 101 times or until it expires; a future start time is sent on
-    /// every ping without counting until due (C4.6).
+    /// every ping without counting until due (stardust-runtime/docs/stardust-protocol.md §9.6).
     /// Panics when `command` is empty or longer than 50, or `argument` longer than 500
     /// (the real server cannot store such a command).
     pub fn send_command_with(
@@ -1119,7 +1119,7 @@ impl FakeStardust {
         lock(&self.shared.rec).events.clone()
     }
     /// Panics listing every command that was delivered at least once but has no final status
-    /// from a reply (the client must answer each command once with 2, 3 or 4; C4.8).
+    /// from a reply (the client must answer each command once with 2, 3 or 4; stardust-runtime/docs/stardust-protocol.md §9.8).
     pub fn assert_commands_answered(&self) {
         let open: Vec<String> = self
             .commands()

@@ -38,7 +38,7 @@ pub(crate) struct Extracted {
     pub link: Option<LinkRef>,
     pub correlation: Option<Entries>,
     /// This protocol's header says the trace is sampled: the context's sampled flag is set,
-    /// whichever source won (`propagation.md` §1.3).
+    /// whichever source won ([docs/propagation.md §1.3](crate::docs::propagation)).
     pub sampled: bool,
 }
 

@@ -137,7 +137,7 @@ impl Handlers {
     }
 }
 
-/// The built-in handlers. Of the .NET built-ins (stardust-app-client.md C4.7) only
+/// The built-in handlers. Of the .NET built-ins (docs/stardust-protocol.md §9.7) only
 /// `app/freeMemory` has a Rust meaning, and only with glibc: `malloc_trim` hands the allocator's
 /// free memory back to the system. Everything else (`registry/*`, `config/publish`,
 /// `App/Upgrade`) is answered as unknown.
@@ -220,7 +220,7 @@ pub(crate) fn parse_command(v: &Value) -> Option<Command> {
     })
 }
 
-/// A command time as Unix ms (stardust-app-client.md C4.2): `yyyy-MM-dd HH:mm:ss`,
+/// A command time as Unix ms (docs/stardust-protocol.md §9.2): `yyyy-MM-dd HH:mm:ss`,
 /// `yyyy-MM-ddTHH:mm:ss[.fffffff]`, each with `Z`, an offset `±hh:mm` or no zone (read as UTC,
 /// as .NET reads it), or a Unix time number (ms above 3,153,600,000, else s). Before 2000,
 /// `""`, `null` or unreadable: unset (`None`).

@@ -1,7 +1,7 @@
 //! Model binding of `/App/*` bodies as the real server does it: ASP.NET Core `[ApiController]`
 //! with System.Text.Json on the Web defaults plus NewLife's converters
-//! (/work/shared/protocol/stardust-app-client.md C1.1–C1.3), the .NET `System.Version` parser
-//! (C1.6) and the DateTime text the ping reply uses for command times (C4.2).
+//! (stardust-runtime/docs/stardust-protocol.md §6.1, §6.4), the .NET `System.Version` parser
+//! (stardust-runtime/docs/stardust-protocol.md §6.6) and the DateTime text the ping reply uses for command times (stardust-runtime/docs/stardust-protocol.md §9.2).
 
 use std::str::FromStr;
 
@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::Endpoint;
 use super::handlers::is_json_media_type;
 
-/// .NET type of a bound member (C1.2).
+/// .NET type of a bound member (stardust-runtime/docs/stardust-protocol.md §6.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ty {
     /// `SafeInt64Converter`: a JSON integer, or a string `Int64.Parse` reads.
@@ -29,7 +29,7 @@ pub(crate) enum Ty {
 
 use Ty::*;
 
-/// `AppModel` (+ `LoginRequest`), stardust.md B3.1.
+/// `AppModel` (+ `LoginRequest`), stardust-runtime/docs/stardust-protocol.md §3.1, §4.1.
 pub(crate) const LOGIN: &[(&str, Ty)] = &[
     ("Code", Str),
     ("Secret", Str),
@@ -46,7 +46,7 @@ pub(crate) const LOGIN: &[(&str, Ty)] = &[
     ("Project", Str),
 ];
 
-/// `AppInfo`, the ping body (C1.2, C8).
+/// `AppInfo`, the ping body (stardust-runtime/docs/stardust-protocol.md §6.2, stardust-runtime/docs/stardust-protocol.md §4.1, §4.4).
 pub(crate) const APP_INFO: &[(&str, Ty)] = &[
     ("Id", I32),
     ("Name", Str),
@@ -74,11 +74,11 @@ pub(crate) const APP_INFO: &[(&str, Ty)] = &[
     ("Time", I64),
 ];
 
-/// `EventModel` (C5.1).
+/// `EventModel` (stardust-runtime/docs/stardust-protocol.md §10.1).
 pub(crate) const EVENT: &[(&str, Ty)] =
     &[("Time", I64), ("Type", Str), ("Name", Str), ("Remark", Str)];
 
-/// `CommandReplyModel` (C4.5).
+/// `CommandReplyModel` (stardust-runtime/docs/stardust-protocol.md §9.5).
 pub(crate) const REPLY: &[(&str, Ty)] = &[("Id", I64), ("Status", Enum), ("Data", Str)];
 
 /// Why a body did not bind.
@@ -342,7 +342,7 @@ pub(crate) fn bind_app_info(v: &Value, path: &str) -> Result<Map<String, Value>,
 
 // ---- System.Version -----------------------------------------------------------------------
 
-/// `System.Version.Parse` (C1.6): 2–4 parts separated by `.`, each parsed by `Int32.Parse`
+/// `System.Version.Parse` (stardust-runtime/docs/stardust-protocol.md §6.6): 2–4 parts separated by `.`, each parsed by `Int32.Parse`
 /// with `NumberStyles.Integer` and required to be ≥ 0. Returns the parts (missing = −1, so that
 /// comparing arrays ranks `1.2` below `1.2.0`) or the .NET exception's message.
 pub(crate) fn parse_dotnet_version(s: &str) -> Result<[i64; 4], String> {
@@ -406,7 +406,7 @@ pub(crate) fn year_of(ms: i64) -> i64 {
     civil(ms).0
 }
 
-/// A command time as the ping reply writes it (C4.2/C4.3): unset (`None` or ≤ 0) →
+/// A command time as the ping reply writes it (stardust-runtime/docs/stardust-protocol.md §9.2–§9.3): unset (`None` or ≤ 0) →
 /// `0001-01-01 00:00:00`; UTC → ISO "O" with `Z`; otherwise server-local wall time
 /// `yyyy-MM-dd HH:mm:ss` (server zone = UTC + `tz_offset_min`).
 pub(crate) fn command_time_text(ms: Option<i64>, utc: bool, tz_offset_min: i32) -> String {

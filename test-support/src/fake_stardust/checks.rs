@@ -124,7 +124,7 @@ pub(crate) fn check(cfg: &Config, inc: &Incoming, json: Option<&Value>) -> Vec<V
         }
     }
 
-    // --- model binding of /App/* bodies (stardust-app-client.md C1.1–C1.3) ---
+    // --- model binding of /App/* bodies (stardust-runtime/docs/stardust-protocol.md §6.1, §6.4) ---
     let bound = match binding::bind_request(inc.endpoint, inc.header("content-type"), &inc.body) {
         Some(Err(e)) => {
             let rule = match e {
@@ -226,7 +226,7 @@ pub(crate) fn check(cfg: &Config, inc: &Incoming, json: Option<&Value>) -> Vec<V
     o.v
 }
 
-/// A string over its database column (C1.4): the real server answers `{code:500}` (or, for
+/// A string over its database column (stardust-runtime/docs/stardust-protocol.md §6.5): the real server answers `{code:500}` (or, for
 /// the trimmed columns, this is not called).
 fn check_column(o: &mut Out, m: &Map<String, Value>, key: &str, what: &str, limit: usize) {
     if let Some(v) = m.get(key).and_then(Value::as_str) {
@@ -328,7 +328,7 @@ fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
     }
 }
 
-/// `Compile` of a login (C1.7): when sent, it must be the build time in UTC ms: not seconds,
+/// `Compile` of a login (stardust-runtime/docs/stardust-protocol.md §6.7): when sent, it must be the build time in UTC ms: not seconds,
 /// not before 2000, not later than the login's own `Time`, and not "now".
 fn check_compile(o: &mut Out, cfg: &Config, m: &Map<String, Value>) {
     let c = m.get("Compile").and_then(Value::as_i64).unwrap_or(0);

@@ -396,7 +396,7 @@ fn bound_str(m: &Map<String, Value>, k: &str) -> Option<String> {
     m.get(k).and_then(Value::as_str).map(String::from)
 }
 
-/// XCode's string-column check on insert/update (C1.4): the message of the
+/// XCode's string-column check on insert/update (stardust-runtime/docs/stardust-protocol.md §6.5): the message of the
 /// `ArgumentOutOfRangeException` the action turns into `{code:500}`.
 fn column_error(value: Option<&str>, field: &str, table: &str, limit: usize) -> Option<String> {
     let v = value?;
@@ -415,10 +415,10 @@ fn violation(inc: &Incoming, rule: &str, detail: impl Into<String>) -> Violation
     }
 }
 
-/// `App.Compile` + 30 days < now, the condition under which a ping parses versions (C1.5).
+/// `App.Compile` + 30 days < now, the condition under which a ping parses versions (stardust-runtime/docs/stardust-protocol.md §6.6).
 const THIRTY_DAYS_MS: i64 = 30 * 86_400_000;
 
-/// What `AppOnline.Fill` does with a non-empty `Version` against the `App` record (C1.5):
+/// What `AppOnline.Fill` does with a non-empty `Version` against the `App` record (stardust-runtime/docs/stardust-protocol.md §6.6):
 /// `Ok(Some(v))` = store `v` as `App.Version`; `Err` = the `System.Version` exception message.
 fn fill_version(meta: &AppMeta, version: &str, now_ms: i64) -> Result<Option<String>, String> {
     match meta.version.as_deref().filter(|v| !v.is_empty()) {
@@ -531,7 +531,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
     let version = str_ci(&obj, "Version");
     let app_name = str_ci(&obj, "AppName").filter(|s| !s.is_empty());
     let compile = bound.get("Compile").and_then(Value::as_i64);
-    // NewLife ToDateTime: ms above 3,153,600,000, else seconds (C1.7).
+    // NewLife ToDateTime: ms above 3,153,600,000, else seconds (stardust-runtime/docs/stardust-protocol.md §6.7).
     let compile_ms = model::unix_to_ms(compile.unwrap_or(0).max(0));
     let body = Value::Object(obj);
     let now_ms = sh.server_now_ms();
@@ -553,7 +553,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
         sh.with_rec(|r| r.logins.push(rec));
         return envelope_err(sh, 500, "应用标识AppId/Code不能为空", false);
     };
-    // Columns of AppOnline written by every successful login (C1.4).
+    // Columns of AppOnline written by every successful login (stardust-runtime/docs/stardust-protocol.md §6.5).
     let online_error = || {
         column_error(version.as_deref(), "Version", "应用在线", 50)
             .or_else(|| column_error(Some(&client_id), "Client", "应用在线", 50))
@@ -610,7 +610,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
                             None => {
                                 let m = cfg.meta.entry(app_id.clone()).or_default();
                                 if newer {
-                                    // Only a strictly newer build replaces both (C1.7).
+                                    // Only a strictly newer build replaces both (stardust-runtime/docs/stardust-protocol.md §6.7).
                                     m.compile_ms = compile_ms;
                                     m.version = version.clone();
                                 }
@@ -645,7 +645,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
                                 auto_registered: true,
                             },
                         );
-                        // A new app takes the login's Compile (1970 when 0) and Version (C1.7).
+                        // A new app takes the login's Compile (1970 when 0) and Version (stardust-runtime/docs/stardust-protocol.md §6.7).
                         cfg.meta.insert(
                             app_id.clone(),
                             AppMeta {
@@ -729,7 +729,7 @@ fn ping(sh: &Shared, inc: &Incoming) -> Reply {
     let time = bound_i64(&bound, "Time");
     let version = bound_str(&bound, "Version").filter(|v| !v.is_empty());
 
-    // AppOnline.Fill, then Save (C1.4, C1.5): a version the App record cannot compare, or a
+    // AppOnline.Fill, then Save (stardust-runtime/docs/stardust-protocol.md §6.5, stardust-runtime/docs/stardust-protocol.md §6.6): a version the App record cannot compare, or a
     // string over its column, throws → {code:500}; nothing after it happens.
     let (window, period, failure, utc, tz) = {
         let mut cfg = lock(&sh.cfg);
@@ -816,7 +816,7 @@ fn ping(sh: &Shared, inc: &Incoming) -> Reply {
     )
 }
 
-/// The server's per-ping command pass (C4.6): up to 100 pending commands of the app, oldest
+/// The server's per-ping command pass (stardust-runtime/docs/stardust-protocol.md §9.6): up to 100 pending commands of the app, oldest
 /// first; cancel those sent more than 10 times (100 with an expiry) or expired; count a send only
 /// when due; every listed command becomes status 1. Returns the camelCase `CommandModel`s.
 fn deliver_commands(
@@ -865,7 +865,7 @@ fn logout(sh: &Shared, inc: &Incoming) -> Reply {
         Ok(c) => c,
         Err(r) => return r,
     };
-    // `String reason` is a non-nullable [FromQuery] parameter: required (C1.1).
+    // `String reason` is a non-nullable [FromQuery] parameter: required (stardust-runtime/docs/stardust-protocol.md §6.1).
     let reason = inc.query_param("reason");
     if reason.as_deref().is_none_or(str::is_empty) {
         return Reply::problem_400_errors(&[(
@@ -903,7 +903,7 @@ fn post_events(sh: &Shared, inc: &Incoming) -> Reply {
         Some(Value::Array(a)) => a.clone(),
         _ => Vec::new(),
     };
-    // Every row is validated before the batch insert: one bad row fails all (C5.1).
+    // Every row is validated before the batch insert: one bad row fails all (stardust-runtime/docs/stardust-protocol.md §10.1).
     for e in &events {
         let Value::Object(e) = e else {
             return envelope_err(
@@ -977,7 +977,7 @@ fn command_reply(sh: &Shared, inc: &Incoming) -> Reply {
         Err(r) => return r,
     };
     let sent_id = bound_i64(&bound, "Id");
-    // The server casts the id to Int32 (C4.5).
+    // The server casts the id to Int32 (stardust-runtime/docs/stardust-protocol.md §9.5).
     let id = i64::from(sent_id as i32);
     let status = bound_i64(&bound, "Status");
     let data = bound_str(&bound, "Data");
@@ -1136,7 +1136,7 @@ fn report(sh: &Shared, inc: &Incoming, raw: bool) -> Reply {
         );
     }
     let now_ms = sh.server_now_ms();
-    // A report carrying `Info` runs the same AppOnline.Fill as a ping (C1.5).
+    // A report carrying `Info` runs the same AppOnline.Fill as a ping (stardust-runtime/docs/stardust-protocol.md §6.6).
     let info_version = model["Info"]
         .as_object()
         .and_then(|i| str_ci(i, "Version"))

@@ -172,7 +172,7 @@ pub(crate) fn bind_trace_model(v: &Value, mode: Binding) -> Result<Value, String
 }
 
 /// Unix time → ms like NewLife `ToDateTime`: an int64 above 3,153,600,000 is ms, else seconds
-/// (stardust-app-client.md C1.7).
+/// (stardust-runtime/docs/stardust-protocol.md §6.7).
 pub(crate) fn unix_to_ms(t: i64) -> i64 {
     if t > 3_153_600_000 {
         t
