@@ -151,7 +151,7 @@ pub(crate) fn check(cfg: &Config, inc: &Incoming, json: Option<&Value>) -> Vec<V
     if inc.endpoint == Endpoint::Logout && inc.query_param("reason").is_none_or(|r| r.is_empty()) {
         o.add(
             "http-400",
-            "/App/Logout without `reason`: the real server answers HTTP 400 (C1.1)",
+            "/App/Logout without `reason`: the real server answers HTTP 400 (stardust-runtime/docs/stardust-protocol.md §6.1)",
         );
     }
 
@@ -234,7 +234,7 @@ fn check_column(o: &mut Out, m: &Map<String, Value>, key: &str, what: &str, limi
         if n > limit {
             o.add(
                 "column-length",
-                format!("{what} {key} is {n} UTF-16 units, over its column of {limit}: the real server answers {{code:500}} (C1.4)"),
+                format!("{what} {key} is {n} UTF-16 units, over its column of {limit}: the real server answers {{code:500}} (stardust-runtime/docs/stardust-protocol.md §6.5)"),
             );
         }
     }
@@ -265,7 +265,7 @@ fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
                 o.add(
                     "events-batch",
                     format!(
-                        "{} events in one batch: post at most 100 (C5.2)",
+                        "{} events in one batch: post at most 100 (stardust-runtime/docs/stardust-protocol.md §10.2)",
                         events.len()
                     ),
                 );
@@ -292,14 +292,14 @@ fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
                 if remark > 2000 {
                     o.add(
                         "event-remark-long",
-                        format!("event [{i}] Remark is {remark} units: cut it to 2000 before posting (C5.3)"),
+                        format!("event [{i}] Remark is {remark} units: cut it to 2000 before posting (stardust-runtime/docs/stardust-protocol.md §10.3)"),
                     );
                 }
                 let t = m.get("Time").and_then(Value::as_i64).unwrap_or(0);
                 if !is_ms13(t) {
                     o.add(
                         "time-not-ms",
-                        format!("event [{i}] Time {t} is not UTC ms (C5.1)"),
+                        format!("event [{i}] Time {t} is not UTC ms (stardust-runtime/docs/stardust-protocol.md §10.1)"),
                     );
                 }
                 let ty = m.get("Type").and_then(Value::as_str).unwrap_or("");
@@ -309,7 +309,7 @@ fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
                 {
                     o.add(
                         "event-type",
-                        format!("event [{i}] Type {ty:?} is not info, alert or error (C5.1)"),
+                        format!("event [{i}] Type {ty:?} is not info, alert or error (stardust-runtime/docs/stardust-protocol.md §10.1)"),
                     );
                 }
             }
@@ -320,7 +320,7 @@ fn check_bound(o: &mut Out, cfg: &Config, b: &Value) {
             if !(1..=4).contains(&st) {
                 o.add(
                     "command-reply-status",
-                    format!("CommandReply Status {st}: a reply carries 1 (scheduled) or a final 2, 3 or 4 (C4.8)"),
+                    format!("CommandReply Status {st}: a reply carries 1 (scheduled) or a final 2, 3 or 4 (stardust-runtime/docs/stardust-protocol.md §9.8)"),
                 );
             }
         }
@@ -336,7 +336,7 @@ fn check_compile(o: &mut Out, cfg: &Config, m: &Map<String, Value>) {
         if cfg.settings.require_compile {
             o.add(
                 "compile-missing",
-                "login without Compile: send the build time as UTC ms (C1.7)",
+                "login without Compile: send the build time as UTC ms (stardust-runtime/docs/stardust-protocol.md §6.7)",
             );
         }
         return;
@@ -348,23 +348,25 @@ fn check_compile(o: &mut Out, cfg: &Config, m: &Map<String, Value>) {
     if c < 0 || c <= 3_153_600_000 {
         o.add(
             "compile-not-ms",
-            format!("login Compile {c} is not Unix ms (the server reads it as seconds) (C1.7)"),
+            format!("login Compile {c} is not Unix ms (the server reads it as seconds) (stardust-runtime/docs/stardust-protocol.md §6.7)"),
         );
     } else if c < Y2000_MS {
         o.add(
             "compile-implausible",
-            format!("login Compile {c} is before 2000 (C1.7)"),
+            format!(
+                "login Compile {c} is before 2000 (stardust-runtime/docs/stardust-protocol.md §6.7)"
+            ),
         );
     } else if let Some(t) = time {
         if c > t + 1000 {
             o.add(
                 "compile-future",
-                format!("login Compile {c} is after the login's Time {t}: not a build time (C1.7)"),
+                format!("login Compile {c} is after the login's Time {t}: not a build time (stardust-runtime/docs/stardust-protocol.md §6.7)"),
             );
         } else if t - c < 1000 {
             o.add(
                 "compile-is-now",
-                format!("login Compile {c} is within 1 s of the login's Time {t}: send the build time, never \"now\" (C1.7)"),
+                format!("login Compile {c} is within 1 s of the login's Time {t}: send the build time, never \"now\" (stardust-runtime/docs/stardust-protocol.md §6.7)"),
             );
         }
     }

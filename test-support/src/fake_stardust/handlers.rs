@@ -702,7 +702,7 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
                     inc,
                     "compile-changed",
                     format!(
-                        "Compile {c} differs from {p} sent by an earlier login of {:?}: send the build time, constant per build (C1.7)",
+                        "Compile {c} differs from {p} sent by an earlier login of {:?}: send the build time, constant per build (stardust-runtime/docs/stardust-protocol.md §6.7)",
                         rec.client_id
                     ),
                 ));
@@ -1026,7 +1026,7 @@ fn command_reply(sh: &Shared, inc: &Incoming) -> Reply {
                         inc,
                         "command-reply-twice",
                         format!(
-                            "command {id} ({:?}) answered again (earlier statuses {earlier:?}, now {status}): reply once per id with a final status (C4.8)",
+                            "command {id} ({:?}) answered again (earlier statuses {earlier:?}, now {status}): reply once per id with a final status (stardust-runtime/docs/stardust-protocol.md §9.8)",
                             c.command
                         ),
                     ));
@@ -1036,7 +1036,7 @@ fn command_reply(sh: &Shared, inc: &Incoming) -> Reply {
                         inc,
                         "command-reply-processing",
                         format!(
-                            "status 1 for command {id} ({:?}), which has no start time: status 1 is only for a scheduled command (C4.8)",
+                            "status 1 for command {id} ({:?}), which has no start time: status 1 is only for a scheduled command (stardust-runtime/docs/stardust-protocol.md §9.8)",
                             c.command
                         ),
                     ));
