@@ -236,9 +236,11 @@ impl Config {
         self
     }
 
-    /// How many spans each thread may hand over before the aggregator takes them, in units of
-    /// 256 spans (default 256, i.e. 65,536 spans per thread). Past it spans are dropped and
-    /// counted ([`dropped_spans`](crate::dropped_spans)); memory stays bounded.
+    /// How many span records each thread may hand over before the aggregator takes them, in
+    /// units of 256 (default 256, i.e. 65,536 records per thread). Spans are counted on their
+    /// own thread whatever this is; records travel only for spans that may become samples (and,
+    /// with SkyWalking, for every span). Past it records are dropped and counted
+    /// ([`dropped_samples`](crate::dropped_samples)); memory stays bounded.
     pub fn channel_capacity(mut self, batches: usize) -> Config {
         self.channel_capacity = batches.max(1);
         self

@@ -53,7 +53,7 @@ pub use propagation::{Extractor, Injector};
 pub use report::sink::Reporter;
 #[cfg(feature = "skywalking")]
 pub use report::skywalking;
-pub use runtime::{Guard, dropped_spans, flush, init, init_with};
+pub use runtime::{Guard, dropped_samples, dropped_spans, flush, init, init_with};
 pub use span::context::{
     AttachGuard, SpanContext, capture, current_span_id, entry_span, exit_span, spawn_thread, wrap,
 };

@@ -314,9 +314,11 @@ mod tests {
                 value: 0,
                 flags,
                 kind,
+                slot: 0,
                 extra: None,
             },
             end: 3_000_000,
+            tally: crate::span::record::RecordTally::count(1, 0, 0),
         }
     }
 
