@@ -3,13 +3,18 @@
 //! A span records a *reading*: on x86-64 with an invariant TSC (`constant_tsc` and
 //! `nonstop_tsc`), the raw time-stamp counter — one instruction, a few ns; elsewhere,
 //! nanoseconds of `Instant` since a process-wide anchor (a `clock_gettime` call, 20–30 ns in a
-//! VM). Readings are turned into time only off the hot path, by the aggregator: ticks are scaled
-//! with a ratio measured against `Instant` and refined at every sweep (so it only gets more
-//! exact), then placed on the wall clock with the anchor taken at start-up, plus the server
-//! clock offset learnt by the uploader. Durations never jump with the wall clock.
+//! VM). A reading becomes local wall-clock milliseconds through one fixed-point multiply
+//! ([`local_unix_ms`]): milliseconds per tick, measured against `Instant` over everything since
+//! the anchor and refined at every aggregator sweep (so it only gets more exact), placed on the
+//! wall clock with the anchor taken at start-up. The server clock offset learnt by the uploader
+//! is added at the period cut. Durations never jump with the wall clock.
+//!
+//! Nothing waits at start-up: the first ratio is measured lazily, over the time from the anchor
+//! to the first conversion (`init` itself takes longer than the 20 µs that needs), and refined
+//! from then on.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 struct Anchor {
@@ -19,13 +24,32 @@ struct Anchor {
     use_tsc: bool,
     /// Wall clock at `instant`, whole Unix ms …
     unix_ms: i64,
-    /// … plus this many ns.
-    unix_sub_ms_ns: u64,
+    /// … plus this fraction of a millisecond, 0.64 fixed point.
+    unix_sub_ms_frac: u64,
 }
 
 static ANCHOR: OnceLock<Anchor> = OnceLock::new();
-/// Nanoseconds per TSC tick, as `f64` bits.
-static NS_PER_TICK: AtomicU64 = AtomicU64::new(0);
+/// Copies of the anchor's fields for the span hot path (no `OnceLock` check, no call), set
+/// when the anchor is taken; `ms_per_unit` is published after them.
+struct Hot {
+    use_tsc: AtomicBool,
+    /// The anchor's reading.
+    base: AtomicU64,
+    base_unix_ms: AtomicI64,
+    base_frac: AtomicU64,
+    /// Milliseconds per reading unit (tick or ns), 0.64 fixed point; 0 until first measured.
+    ms_per_unit: AtomicU64,
+}
+
+static HOT: Hot = Hot {
+    use_tsc: AtomicBool::new(false),
+    base: AtomicU64::new(0),
+    base_unix_ms: AtomicI64::new(0),
+    base_frac: AtomicU64::new(0),
+    ms_per_unit: AtomicU64::new(0),
+};
+/// The shortest interval a ratio is measured over (ns).
+const MIN_CALIBRATION_NS: u128 = 20_000;
 /// The batch age limit in reading units.
 static BATCH_AGE_READING: AtomicU64 = AtomicU64::new(BATCH_AGE_NS);
 /// A thread-local batch is handed over once its oldest record is this old (ns).
@@ -71,37 +95,74 @@ fn anchor() -> &'static Anchor {
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let unix_sub_ms_ns = (since_epoch.subsec_nanos() % 1_000_000) as u64;
         let a = Anchor {
             instant,
             tsc,
             use_tsc,
             unix_ms: since_epoch.as_millis() as i64,
-            unix_sub_ms_ns: (since_epoch.subsec_nanos() % 1_000_000) as u64,
+            unix_sub_ms_frac: ((unix_sub_ms_ns as u128) << 64).div_euclid(1_000_000) as u64,
         };
-        if use_tsc {
-            // A first ratio from a short busy wait; the aggregator refines it as time passes.
-            let t = Instant::now();
-            while t.elapsed().as_micros() < 2_000 {
-                std::hint::spin_loop();
-            }
-            calibrate(&a);
+        HOT.base.store(a.tsc, Ordering::Relaxed);
+        HOT.base_unix_ms.store(a.unix_ms, Ordering::Relaxed);
+        HOT.base_frac.store(a.unix_sub_ms_frac, Ordering::Relaxed);
+        HOT.use_tsc.store(use_tsc, Ordering::Release);
+        if !use_tsc {
+            // Readings are nanoseconds: the ratio is exact from the start.
+            HOT.ms_per_unit
+                .store(((1u128 << 64) / 1_000_000) as u64, Ordering::Release);
         }
+        // With the TSC, the ratio is measured lazily (see `ms_per_unit`): no busy wait here.
         a
     })
 }
 
-/// Measures ns per tick over everything since the anchor.
+/// Measures the tick ratio over everything since the anchor (at least
+/// [`MIN_CALIBRATION_NS`]; a first measurement waits for that much to have passed).
 fn calibrate(a: &Anchor) {
+    let mut ns = a.instant.elapsed().as_nanos();
+    if ns < MIN_CALIBRATION_NS {
+        if HOT.ms_per_unit.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        // Only when a span closes within 20 µs of the anchor (start-up takes longer).
+        while ns < MIN_CALIBRATION_NS {
+            std::hint::spin_loop();
+            ns = a.instant.elapsed().as_nanos();
+        }
+    }
     let ticks = rdtsc().wrapping_sub(a.tsc);
-    let ns = a.instant.elapsed().as_nanos() as f64;
-    if ticks > 0 && ns > 0.0 {
-        let ratio = ns / ticks as f64;
-        NS_PER_TICK.store(ratio.to_bits(), Ordering::Relaxed);
+    if ticks > 0 && ns > 0 {
+        let ratio = ns as f64 / ticks as f64;
         BATCH_AGE_READING.store((BATCH_AGE_NS as f64 / ratio) as u64, Ordering::Relaxed);
+        // ms per tick = ns / (ticks × 10^6), 0.64 fixed point.
+        let mult = (ns << 64) / (ticks as u128 * 1_000_000);
+        HOT.ms_per_unit
+            .store(mult.clamp(1, u64::MAX as u128) as u64, Ordering::Release);
     }
 }
 
+/// Milliseconds per reading unit (0.64 fixed point), measured now if it never was.
+#[inline]
+fn ms_per_unit() -> u64 {
+    match HOT.ms_per_unit.load(Ordering::Acquire) {
+        0 => first_ratio(),
+        m => m,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn first_ratio() -> u64 {
+    let a = anchor();
+    if a.use_tsc {
+        calibrate(a);
+    }
+    HOT.ms_per_unit.load(Ordering::Acquire)
+}
+
 /// Makes sure the anchor exists (called by `init`, so the first span does not pay for it).
+/// Does not wait: the tick ratio is measured later (see the module docs).
 pub(crate) fn init() {
     anchor();
 }
@@ -117,6 +178,15 @@ pub(crate) fn recalibrate() {
 /// A reading of the span clock (ticks or ns, see the module docs).
 #[inline]
 pub(crate) fn now() -> u64 {
+    if HOT.use_tsc.load(Ordering::Relaxed) {
+        rdtsc()
+    } else {
+        now_slow()
+    }
+}
+
+#[inline(never)]
+fn now_slow() -> u64 {
     let a = anchor();
     if a.use_tsc {
         rdtsc()
@@ -134,22 +204,32 @@ pub(crate) fn batch_age_limit() -> u64 {
 }
 
 /// Nanoseconds from the anchor to a reading.
-#[inline]
+#[cfg(test)]
 pub(crate) fn to_ns(reading: u64) -> u64 {
     let a = anchor();
-    if a.use_tsc {
-        let ratio = f64::from_bits(NS_PER_TICK.load(Ordering::Relaxed));
-        (reading.saturating_sub(a.tsc) as f64 * ratio) as u64
-    } else {
-        reading
-    }
+    let ns_per_unit = ms_per_unit() as f64 * 1e6 / 2f64.powi(64);
+    (reading.saturating_sub(a.tsc) as f64 * ns_per_unit) as u64
 }
 
 /// Local wall clock as Unix ms for a reading (no server correction).
 #[inline]
 pub(crate) fn local_unix_ms(reading: u64) -> i64 {
-    let a = anchor();
-    a.unix_ms + ((to_ns(reading) + a.unix_sub_ms_ns) / 1_000_000) as i64
+    span_ms(reading, reading).0
+}
+
+/// A span's start and end readings as local Unix ms, converted with one ratio, so that their
+/// difference is the span's cost in whole milliseconds.
+#[inline]
+pub(crate) fn span_ms(start: u64, end: u64) -> (i64, i64) {
+    let mult = ms_per_unit() as u128;
+    // After `ms_per_unit`, which makes sure the anchor's copies are set.
+    let base = HOT.base.load(Ordering::Relaxed);
+    let frac = HOT.base_frac.load(Ordering::Relaxed) as u128;
+    let unix_ms = HOT.base_unix_ms.load(Ordering::Relaxed);
+    let ms = |reading: u64| {
+        unix_ms + ((reading.saturating_sub(base) as u128 * mult + frac) >> 64) as i64
+    };
+    (ms(start), ms(end))
 }
 
 /// Server clock minus local clock, ms (0 until the server has been heard).

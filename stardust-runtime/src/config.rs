@@ -356,9 +356,11 @@ impl Config {
         self
     }
 
-    /// How many finished spans each thread may hand over before the aggregator takes them
-    /// (default 65,536; rounded up to a multiple of 256). Past it spans are dropped and
-    /// counted ([`dropped_spans`](crate::dropped_spans)); memory stays bounded.
+    /// How many span records each thread may hand over before the aggregator takes them
+    /// (default 65,536; rounded up to a multiple of 256). Spans are counted on their own
+    /// thread whatever this is; records travel only for spans that may become samples (and,
+    /// with SkyWalking, for every span). Past it records are dropped and counted
+    /// ([`dropped_samples`](crate::dropped_samples)); memory stays bounded.
     pub fn handoff_capacity(mut self, spans: usize) -> Config {
         self.handoff_capacity = spans.max(1);
         self

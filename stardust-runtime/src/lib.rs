@@ -62,7 +62,7 @@ pub use report::sink::Reporter;
 pub use report::skywalking;
 #[cfg(all(feature = "signals", unix))]
 pub use runtime::exit_on_signals;
-pub use runtime::{Guard, dropped_spans, flush, init, init_with};
+pub use runtime::{Guard, dropped_samples, dropped_spans, flush, init, init_with};
 pub use span::context::{
     AttachGuard, SpanContext, capture, current_span_id, entry_span, exit_span, spawn_thread, wrap,
     wrap_fn,

@@ -178,6 +178,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     let generation = state::begin(
         handoff_capacity.div_ceil(BATCH_CAPACITY) * BATCH_CAPACITY,
         !taps.is_empty(),
+        !taps.is_empty(),
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
     let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
@@ -213,6 +214,8 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     for p in propagators {
         seam::install(p);
     }
+    // The first tick ratio, measured over the time `init` took (no busy wait: see `clock`).
+    clock::recalibrate();
     state::enable();
     *running = Some(Running {
         tx,
@@ -360,11 +363,23 @@ pub(crate) fn is_running() -> bool {
     RUNNING.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
-/// Spans dropped since `init` because a thread's hand-over buffer was full (the aggregator
-/// fell behind).
-/// Drops are also logged once, and reported in the console table and at shutdown.
+/// Spans lost uncounted since `init` because a thread's hand-over buffer was full (the
+/// aggregator fell behind).
+///
+/// Spans are counted on the thread that closes them, so this stays 0 at any span rate; only a
+/// span whose name has no counters of its own travels to the aggregator to be counted: names
+/// opened at run time past the first 10,000 distinct ones of the process (or past 65,536
+/// callsites). Drops are also logged once, and reported in the console table and at shutdown.
+/// Sample records lost the same way are counted by [`dropped_samples`].
 pub fn dropped_spans() -> u64 {
     mailbox::dropped()
+}
+
+/// Span records dropped since `init` because a thread's hand-over buffer was full: sample
+/// candidates (and, with SkyWalking, spans on their way to a segment). Their spans were
+/// counted all the same; a period may miss some samples. Logged once when it starts.
+pub fn dropped_samples() -> u64 {
+    mailbox::dropped_samples()
 }
 
 fn shutdown() {
@@ -416,6 +431,12 @@ fn shutdown() {
             "dropped-at-shutdown",
             &format!("{dropped} spans were dropped because the aggregator fell behind"),
             "a larger Config::handoff_capacity absorbs longer bursts",
+        );
+    }
+    let records = mailbox::dropped_samples();
+    if records > 0 {
+        log::warn!(
+            "stardust: {records} span records (sample candidates) were dropped because the aggregator fell behind; their spans were counted"
         );
     }
 }

@@ -47,6 +47,18 @@ impl Settings {
         self.max_samples.load(Ordering::Relaxed)
     }
 
+    /// Error samples per builder per period.
+    #[inline]
+    pub(crate) fn max_errors(&self) -> i32 {
+        self.max_errors.load(Ordering::Relaxed)
+    }
+
+    /// Spans slower than this (ms) are force-sampled; 0 disables.
+    #[inline]
+    pub(crate) fn timeout_ms(&self) -> i32 {
+        self.timeout_ms.load(Ordering::Relaxed)
+    }
+
     /// The report period, seconds (at least 1).
     pub(crate) fn period_secs(&self) -> u32 {
         self.period_secs.load(Ordering::Relaxed).max(1)

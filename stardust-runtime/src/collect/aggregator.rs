@@ -1,6 +1,12 @@
-//! The aggregator thread: drains span batches from the channel into per-name builders and
-//! cuts a `TraceModel` every period (first cut a few seconds after the first span, as the
-//! .NET tracer does), handing it to the uploader thread.
+//! The aggregator thread: cuts a `TraceModel` every period (first cut a few seconds after the
+//! first span, as the .NET tracer does) and hands it to the uploader thread.
+//!
+//! Spans are counted where they close, in per-thread tallies (`span::tally`); at the cut the
+//! aggregator ends the period (advances the epoch), waits until no thread is still closing a
+//! span of it, and adds every thread's counters to the per-name builders. Between cuts it
+//! sweeps the mailboxes every few milliseconds for the records that do travel: sample
+//! candidates (placed and sampled by the builders), spans without a slot (counted here), and,
+//! while a tap needs them, every span.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -12,9 +18,11 @@ use crate::clock;
 use crate::collect::builder::{Builder, Excludes, normalize_name};
 use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
-use crate::settings::SETTINGS;
+use crate::settings::{SETTINGS, Snapshot};
+use crate::span::callsite;
 use crate::span::mailbox::{self, Msg};
-use crate::span::record::{Name, SpanRecord};
+use crate::span::record::{Name, RecordKind, SpanRecord};
+use crate::span::tally::{self, Counts};
 use crate::util::hash::FxBuild;
 
 /// Most builders kept per period; spans of further names go to one overflow builder.
@@ -26,8 +34,16 @@ const MAX_RESTARTS: u32 = 10;
 const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// How often they are swept after a while without spans.
 const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
-/// Name of the builder that counts spans of names past [`MAX_BUILDERS`].
+/// Most builders per period for names built at run time (`span(String)`, the HTTP helpers):
+/// a budget of their own, so that ids in URLs never push out the operations declared in code.
+pub(crate) const MAX_DYNAMIC_BUILDERS: usize = 5_000;
+/// Name of the builder that counts spans of run-time names past [`MAX_DYNAMIC_BUILDERS`].
 pub(crate) const OVERFLOW_NAME: &str = "stardust:overflow";
+/// Name of the builder that counts spans of names declared in code past [`MAX_BUILDERS`]
+/// (a program with that many `#[trace]` functions and literal names).
+pub(crate) const STATIC_OVERFLOW_NAME: &str = "stardust:overflow:static";
+/// Longest a cut waits for threads still closing a span of the period it ends.
+const QUIESCE_LIMIT: Duration = Duration::from_millis(200);
 
 /// Messages from the aggregator to the uploader thread (the reporters' layer above).
 pub(crate) enum UpMsg {
@@ -86,9 +102,29 @@ pub(crate) struct Aggregator {
     next_cut: Option<Instant>,
     /// When the last periodic cut was made.
     last_cut: Option<Instant>,
+    /// When this period began (the previous cut, or the start), local Unix ms.
+    period_start_ms: i64,
     /// The report period (seconds) the schedule follows; a new one re-arms `next_cut`.
     period_secs: u32,
     overflow_logged: bool,
+    /// Builders of run-time names this period.
+    dynamic_builders: usize,
+    dynamic_overflow_logged: bool,
+    /// The period (epoch) whose spans the builders hold.
+    epoch: u32,
+    /// Reads the threads' tallies at each cut.
+    collector: tally::Collector,
+    /// Counts read at a cut, before they are added to the builders.
+    counts: Vec<(u32, Counts)>,
+    /// By slot: the normalised name (`None`: never recorded); filled as slots are first seen.
+    /// Per slot: the callsite's normalised name and whether it was built at run time.
+    slot_names: Vec<Option<(&'static str, bool)>>,
+    /// Records of the next period swept during a cut, added once it is done.
+    next: Vec<SpanRecord>,
+    /// The vector swapped into a mailbox at each sweep.
+    spare: Vec<SpanRecord>,
+    /// Sample candidates that arrived after their period was reported.
+    late_samples: u64,
 }
 
 impl Aggregator {
@@ -112,8 +148,18 @@ impl Aggregator {
             first_delay,
             next_cut: None,
             last_cut: None,
+            period_start_ms: clock::local_unix_ms(clock::now()),
             period_secs: SETTINGS.period_secs(),
             overflow_logged: false,
+            dynamic_builders: 0,
+            dynamic_overflow_logged: false,
+            epoch: crate::state::epoch(),
+            collector: tally::Collector::default(),
+            counts: Vec::new(),
+            slot_names: Vec::new(),
+            next: Vec::new(),
+            spare: Vec::new(),
+            late_samples: 0,
         }
     }
 
@@ -134,7 +180,6 @@ impl Aggregator {
     }
 
     fn run_loop(&mut self) {
-        let mut spare: Vec<SpanRecord> = Vec::new();
         let mut idle_sweeps = 0u32;
         loop {
             self.follow_period();
@@ -153,7 +198,7 @@ impl Aggregator {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            if self.sweep(&mut spare) == 0 {
+            if self.sweep() == 0 {
                 idle_sweeps = idle_sweeps.saturating_add(1);
             } else {
                 idle_sweeps = 0;
@@ -171,11 +216,11 @@ impl Aggregator {
                 Some(Msg::Wake) => {}
                 Some(Msg::Flush(reply, deadline)) => self.cut(Some((reply, deadline))),
                 Some(Msg::Shutdown(reply, deadline)) => {
-                    self.sweep(&mut spare);
+                    self.sweep();
                     // A flush that raced the shutdown gets no reply (its caller sees the
                     // runtime stopped); its spans are in the last cut.
                     while self.rx.try_recv().is_ok() {}
-                    let model = self.take_model();
+                    let model = self.take_model(deadline.min(Instant::now() + QUIESCE_LIMIT));
                     for tap in &mut self.taps {
                         tap.on_shutdown(deadline);
                     }
@@ -191,8 +236,7 @@ impl Aggregator {
             }
         }
         // Every sender is gone without a shutdown: report what we have.
-        self.sweep(&mut spare);
-        if let Some(model) = self.take_model() {
+        if let Some(model) = self.take_model(Instant::now() + QUIESCE_LIMIT) {
             let _ = self.up.send(UpMsg::Model(model));
         }
     }
@@ -224,36 +268,79 @@ impl Aggregator {
         }
     }
 
-    /// Takes every span handed over so far into the builders.
-    fn sweep(&mut self, spare: &mut Vec<SpanRecord>) -> usize {
+    /// Takes every record handed over so far. Returns how many there were, or 1 when none
+    /// came but spans were counted (so that the first cut gets scheduled).
+    fn sweep(&mut self) -> usize {
         clock::recalibrate();
         let settings = SETTINGS.snapshot();
         let mut boxes = std::mem::take(&mut self.boxes);
-        let taken = mailbox::sweep(spare, &mut boxes, |records| {
+        let mut spare = std::mem::take(&mut self.spare);
+        let mut taken = mailbox::sweep(&mut spare, &mut boxes, |records| {
             for record in records.drain(..) {
+                for tap in &mut self.taps {
+                    tap.on_record(&record);
+                }
                 self.add(record, &settings);
             }
         });
         self.boxes = boxes;
+        self.spare = spare;
+        if taken == 0 && tally::take_activity() {
+            taken = 1;
+        }
         if taken > 0 && self.next_cut.is_none() {
             self.next_cut = Some(Instant::now() + self.first_delay);
         }
         taken
     }
 
-    fn add(&mut self, record: SpanRecord, settings: &crate::settings::Snapshot) {
-        for tap in &mut self.taps {
-            tap.on_record(&record);
+    /// A record (the taps have seen it): counted here when its span has no slot, offered to
+    /// its builder as a sample when it is a candidate.
+    fn add(&mut self, record: SpanRecord, settings: &Snapshot) {
+        let t = record.tally;
+        if t.kind == RecordKind::TapOnly {
+            return;
         }
         // An abandoned span's marker is for the taps only: it is not counted.
         if record.span.flags & crate::span::record::FLAG_ABANDONED != 0 {
             return;
         }
-        // Local wall-clock ms: the server clock offset is applied at the cut, so one period's
-        // timestamps all follow the offset known when it is reported.
-        let start_ms = clock::local_unix_ms(record.span.start);
-        let end_ms = clock::local_unix_ms(record.end);
-        let index = match &record.span.name {
+        let ahead = t.epoch.wrapping_sub(self.epoch) as i32;
+        if ahead > 0 {
+            // Swept while a cut is under way: the next period's.
+            self.next.push(record);
+            return;
+        }
+        if ahead < 0 && t.kind == RecordKind::Candidate {
+            // Its period was reported already (its thread handed it over late); its count
+            // was in that report.
+            self.late_samples += 1;
+            return;
+        }
+        let Some(index) = self.index_for(&record.span.name, t.start_ms) else {
+            return;
+        };
+        let builder = &mut self.builders[index];
+        match t.kind {
+            // A late one is counted now rather than never.
+            RecordKind::Count => {
+                builder.add_timed(&record, t.start_ms, t.end_ms, settings);
+            }
+            _ => builder.offer(
+                &record,
+                t.start_ms,
+                t.end_ms,
+                t.stream,
+                t.total as u64,
+                t.errors as u64,
+                settings,
+            ),
+        }
+    }
+
+    /// The index of the builder for a span named `name` (`None` for names never recorded).
+    fn index_for(&mut self, name: &Name, start_ms: i64) -> Option<usize> {
+        Some(match name {
             Name::Static(s) => {
                 let key = (s.as_ptr() as usize, s.len());
                 let cached = *self.static_names.entry(key).or_insert_with(|| StaticName {
@@ -261,11 +348,11 @@ impl Aggregator {
                     period: u32::MAX,
                     index: 0,
                 });
-                let Some(name) = cached.name else { return };
+                let name = cached.name?;
                 if cached.period == self.period {
                     cached.index
                 } else {
-                    let index = self.index_of(Cow::Borrowed(name), start_ms);
+                    let index = self.index_of(Cow::Borrowed(name), start_ms, false);
                     self.static_names.insert(
                         key,
                         StaticName {
@@ -278,53 +365,126 @@ impl Aggregator {
                 }
             }
             Name::Owned(s) => {
-                let Some(name) = normalize_name(s) else {
-                    return;
-                };
+                let name = normalize_name(s)?;
                 match self.by_name.get(name) {
                     Some(i) => *i,
-                    None => self.index_of(Cow::Owned(name.to_owned()), start_ms),
+                    None => self.index_of(Cow::Owned(name.to_owned()), start_ms, true),
                 }
             }
-        };
-        self.builders[index].add_timed(&record, start_ms, end_ms, settings);
+        })
     }
 
-    /// The index of `name`'s builder this period, created if needed (or the overflow builder
-    /// once the period has [`MAX_BUILDERS`] names).
-    fn index_of(&mut self, name: Cow<'static, str>, start_ms: i64) -> usize {
+    /// Adds a thread's counters of `slot` to its builder.
+    fn merge(&mut self, slot: u32, counts: &Counts) {
+        if counts.total == 0 {
+            return;
+        }
+        let Some((name, dynamic)) = self.slot_name(slot) else {
+            return;
+        };
+        let index = self.index_of(Cow::Borrowed(name), counts.start_ms, dynamic);
+        self.builders[index].merge(counts);
+    }
+
+    /// The normalised name of a slot's callsite and whether it was built at run time (`None`
+    /// for names never recorded).
+    fn slot_name(&mut self, slot: u32) -> Option<(&'static str, bool)> {
+        let slot = slot as usize;
+        if slot >= self.slot_names.len() {
+            callsite::with_slots(|all| {
+                self.slot_names.extend(
+                    all[self.slot_names.len().min(all.len())..]
+                        .iter()
+                        .map(|cs| normalize_name(cs.name).map(|n| (n, cs.dynamic))),
+                )
+            });
+        }
+        self.slot_names.get(slot).copied().flatten()
+    }
+
+    /// The index of `name`'s builder this period, created if needed. `dynamic`: a name built
+    /// at run time, within its own budget ([`MAX_DYNAMIC_BUILDERS`], then [`OVERFLOW_NAME`]);
+    /// names declared in code have [`MAX_BUILDERS`] (then [`STATIC_OVERFLOW_NAME`]).
+    fn index_of(&mut self, name: Cow<'static, str>, start_ms: i64, dynamic: bool) -> usize {
         if let Some(i) = self.by_name.get(name.as_ref()) {
             return *i;
         }
-        let name = if self.builders.len() >= MAX_BUILDERS {
+        let name = if dynamic && self.dynamic_builders >= MAX_DYNAMIC_BUILDERS {
+            if !self.dynamic_overflow_logged {
+                self.dynamic_overflow_logged = true;
+                crate::util::diag::report(
+                    log::Level::Warn,
+                    "dynamic-overflow",
+                    &format!(
+                        "more than {MAX_DYNAMIC_BUILDERS} operation names built at run time in one period; further ones are counted under `{OVERFLOW_NAME}` (names declared in code keep their rows)"
+                    ),
+                    "ids in names (URLs, keys) make a new operation per id: name by route or template (incoming::with_route, template_path)",
+                );
+            }
+            Cow::Borrowed(OVERFLOW_NAME)
+        } else if !dynamic && self.builders.len() - self.dynamic_builders >= MAX_BUILDERS {
             if !self.overflow_logged {
                 self.overflow_logged = true;
                 log::warn!(
-                    "stardust: more than {MAX_BUILDERS} operation names in one period; further names are counted under `{OVERFLOW_NAME}`"
+                    "stardust: more than {MAX_BUILDERS} operation names declared in code in one period; further ones are counted under `{STATIC_OVERFLOW_NAME}`"
                 );
             }
-            if let Some(i) = self.by_name.get(OVERFLOW_NAME) {
-                return *i;
-            }
-            Cow::Borrowed(OVERFLOW_NAME)
+            Cow::Borrowed(STATIC_OVERFLOW_NAME)
         } else {
+            if dynamic {
+                self.dynamic_builders += 1;
+            }
             name
         };
+        if let Some(i) = self.by_name.get(name.as_ref()) {
+            return *i;
+        }
         let index = self.builders.len();
         self.builders.push(Builder::new(name.to_string(), start_ms));
         self.by_name.insert(name, index);
         index
     }
 
-    /// Ends the period: the builders with spans become a model.
-    fn take_model(&mut self) -> Option<TraceModel> {
+    /// Ends the period: every thread's counters of it and the records still in the mailboxes
+    /// go to the builders, and the builders with spans become a model. Waits for threads
+    /// still closing a span of the period at most until `limit`.
+    fn take_model(&mut self, limit: Instant) -> Option<TraceModel> {
+        // What threads that were still closing a span at the last cut added since: counted in
+        // this period (before the epoch moves on, so that none restarts those counters).
+        let mut counts = std::mem::take(&mut self.counts);
+        self.collector
+            .reread_late(|slot, c| counts.push((slot, *c)));
+        let epoch = self.epoch;
         crate::state::advance_epoch();
+        self.collector
+            .collect(epoch, limit, |slot, c| counts.push((slot, *c)));
+        // The closes waited for have handed their records over: take them too.
+        self.sweep();
+        for (slot, c) in counts.drain(..) {
+            self.merge(slot, &c);
+        }
+        self.counts = counts;
+        self.epoch = epoch.wrapping_add(1);
+        if self.late_samples > 0 {
+            log::debug!(
+                "stardust: {} sample candidates arrived after their period was reported; not sampled",
+                self.late_samples
+            );
+            self.late_samples = 0;
+        }
+
         for tap in &mut self.taps {
             tap.on_cut();
         }
         self.overflow_logged = false;
+        self.dynamic_builders = 0;
         let offset = clock::server_offset_ms();
-        let end_time = clock::local_unix_ms(clock::now()).saturating_add(offset);
+        let cut_ms = clock::local_unix_ms(clock::now());
+        let end_time = cut_ms.saturating_add(offset);
+        // A builder's StartTime lies within its period, as the .NET builder's creation time
+        // does: never before the previous cut, even when its first span started earlier (the
+        // server files the whole operation under it; docs/sampling.md §2).
+        let period_start = std::mem::replace(&mut self.period_start_ms, cut_ms);
         let excludes = Excludes::new(&SETTINGS.excludes());
         self.period = self.period.wrapping_add(1);
         self.by_name.clear();
@@ -332,10 +492,15 @@ impl Aggregator {
             .builders
             .drain(..)
             .filter(|b| b.total > 0 && !excludes.matches(&b.name))
-            .map(|b| b.into_model(end_time, offset))
+            .map(|b| b.into_model(period_start, end_time, offset))
             .collect();
         if self.static_names.len() > MAX_BUILDERS {
             self.static_names.clear();
+        }
+        // Records of the new period swept during the cut.
+        let settings = SETTINGS.snapshot();
+        for record in std::mem::take(&mut self.next) {
+            self.add(record, &settings);
         }
         if builders.is_empty() {
             return None;
@@ -351,7 +516,7 @@ impl Aggregator {
     }
 
     fn cut(&mut self, reply: Option<(Sender<FlushOutcome>, Instant)>) {
-        let model = self.take_model();
+        let model = self.take_model(Instant::now() + QUIESCE_LIMIT);
         let msg = match (model, reply) {
             (Some(m), None) => UpMsg::Model(m),
             (None, None) => return,

@@ -1,5 +1,6 @@
-//! Per-name state read when a root span starts: whether it is one of the first
-//! `MaxSamples` spans of its name in this period, and so gets TraceFlag 1.
+//! Per-name state read when a span starts and ends: whether it is one of the first
+//! `MaxSamples` spans of its name in this period, and so gets TraceFlag 1; and the callsite's
+//! *slot*, the index of its counters in every thread's tally (see [`tally`](super::tally)).
 //!
 //! `#[trace]` gives every function a `static Callsite`, so the decision costs two relaxed
 //! loads once the period's flags are handed out. Spans opened by name through the manual API
@@ -7,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::settings::SETTINGS;
@@ -19,6 +20,13 @@ const REGISTRY_CAP: usize = 10_000;
 const OVERFLOW_SLOTS: usize = 1024;
 /// Per-thread cache entries before the cache is cleared.
 const THREAD_CACHE_CAP: usize = 1024;
+/// Most callsites that get a slot; spans of further callsites travel as records and are
+/// counted by the aggregator.
+pub(crate) const MAX_SLOTS: u32 = 1 << 16;
+/// `slot` of a callsite that has not asked for one yet.
+const SLOT_UNASSIGNED: u32 = 0;
+/// `slot` of a callsite that never gets one (shared by several names, or past `MAX_SLOTS`).
+const SLOT_NONE: u32 = u32::MAX;
 
 /// The static state of one instrumented place. Created by `#[trace]`; not for direct use.
 #[derive(Debug)]
@@ -26,6 +34,11 @@ pub struct Callsite {
     pub(crate) name: &'static str,
     /// High 32 bits: the period the count belongs to; low 32 bits: root spans started.
     state: AtomicU64,
+    /// Index of this callsite's counters in the threads' tallies (1-based; see `slot`).
+    slot: AtomicU32,
+    /// Made for a name built at run time (`span(String)`): its operation is within the
+    /// run-time names' budget of builders, not one declared in code.
+    pub(crate) dynamic: bool,
 }
 
 impl Callsite {
@@ -34,7 +47,57 @@ impl Callsite {
         Callsite {
             name,
             state: AtomicU64::new(0),
+            slot: AtomicU32::new(SLOT_UNASSIGNED),
+            dynamic: false,
         }
+    }
+
+    /// A callsite for spans named at run time `name` (see [`Callsite::dynamic`]).
+    const fn for_run_time_name(name: &'static str) -> Callsite {
+        Callsite {
+            name,
+            state: AtomicU64::new(0),
+            slot: AtomicU32::new(SLOT_UNASSIGNED),
+            dynamic: true,
+        }
+    }
+
+    /// A callsite shared by spans of different names: they are never tallied by callsite.
+    const fn shared() -> Callsite {
+        Callsite {
+            name: "",
+            state: AtomicU64::new(0),
+            slot: AtomicU32::new(SLOT_NONE),
+            dynamic: true,
+        }
+    }
+
+    /// This callsite's slot in the threads' tallies (assigned at first use), or `None` when
+    /// its spans are counted from records instead (see [`MAX_SLOTS`]).
+    #[inline]
+    pub(crate) fn slot(&'static self) -> Option<u32> {
+        match self.slot.load(Ordering::Relaxed) {
+            SLOT_UNASSIGNED => self.assign_slot(),
+            SLOT_NONE => None,
+            s => Some(s),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn assign_slot(&'static self) -> Option<u32> {
+        let mut slots = slots().lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match self.slot.load(Ordering::Relaxed) {
+            SLOT_UNASSIGNED if slots.len() >= MAX_SLOTS as usize => SLOT_NONE,
+            SLOT_UNASSIGNED => {
+                slots.push(self);
+                // Slot 0 is never used: `slots[0]` is a placeholder.
+                (slots.len() - 1) as u32
+            }
+            s => s,
+        };
+        self.slot.store(slot, Ordering::Relaxed);
+        (slot != SLOT_NONE).then_some(slot)
     }
 
     /// Counts a root span start; true while fewer than `MaxSamples` started this period.
@@ -67,8 +130,20 @@ impl Callsite {
     }
 }
 
+/// Every callsite that has a slot, by slot (index 0 is a placeholder).
+fn slots() -> &'static Mutex<Vec<&'static Callsite>> {
+    static PLACEHOLDER: Callsite = Callsite::shared();
+    static SLOTS: OnceLock<Mutex<Vec<&'static Callsite>>> = OnceLock::new();
+    SLOTS.get_or_init(|| Mutex::new(vec![&PLACEHOLDER]))
+}
+
+/// Calls `f` with the callsites by slot (for the aggregator, at a cut).
+pub(crate) fn with_slots<R>(f: impl FnOnce(&[&'static Callsite]) -> R) -> R {
+    f(&slots().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
 struct Registry {
-    by_name: Mutex<HashMap<Box<str>, &'static Callsite>>,
+    by_name: Mutex<HashMap<&'static str, &'static Callsite>>,
     overflow: Vec<Callsite>,
 }
 
@@ -76,7 +151,7 @@ fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| Registry {
         by_name: Mutex::new(HashMap::new()),
-        overflow: (0..OVERFLOW_SLOTS).map(|_| Callsite::new("")).collect(),
+        overflow: (0..OVERFLOW_SLOTS).map(|_| Callsite::shared()).collect(),
     })
 }
 
@@ -90,9 +165,11 @@ fn lookup_global(name: &str) -> &'static Callsite {
         let slot = fnv(name) as usize % OVERFLOW_SLOTS;
         return &reg.overflow[slot];
     }
-    // Leaked once per distinct name, bounded by REGISTRY_CAP.
-    let cs: &'static Callsite = Box::leak(Box::new(Callsite::new("")));
-    map.insert(name.into(), cs);
+    // Leaked once per distinct name (the name too: the callsite's spans are tallied under
+    // it), bounded by REGISTRY_CAP.
+    let name: &'static str = Box::leak(name.into());
+    let cs: &'static Callsite = Box::leak(Box::new(Callsite::for_run_time_name(name)));
+    map.insert(name, cs);
     cs
 }
 

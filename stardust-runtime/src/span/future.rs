@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use crate::clock;
 use crate::span::callsite::Callsite;
-use crate::span::local::{self, Origin, with_local};
-use crate::span::record::{Name, OpenSpan, SpanKind};
+use crate::span::local::{self, with_local};
+use crate::span::record::OpenSpan;
 use crate::state;
 
 enum State {
@@ -164,12 +164,7 @@ impl<F: Future> Future for Instrumented<F> {
                         if local.is_suppressed() {
                             return None;
                         }
-                        let own = local.new_span(
-                            Name::Static(callsite.name),
-                            Origin::Current,
-                            Some(callsite),
-                            SpanKind::Local,
-                        );
+                        let own = local.callsite_span(callsite);
                         let id = own.span_id;
                         local.stack.push(own);
                         Some(id)

@@ -191,12 +191,7 @@ pub(crate) fn enter(cs: &'static Callsite) -> SpanGuard {
     if !state::enabled() {
         return SpanGuard::disabled();
     }
-    SpanGuard::from_id(local::open(
-        Name::Static(cs.name),
-        Origin::Current,
-        Some(cs),
-        SpanKind::Local,
-    ))
+    SpanGuard::from_id(local::enter(cs))
 }
 
 /// The trace id of the thread's current span.

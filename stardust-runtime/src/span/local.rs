@@ -1,9 +1,16 @@
-//! The thread's span state: the stack of open spans and the batch of finished ones.
+//! The thread's span state: the stack of open spans, its tally and the batch of records.
 //!
 //! An open span lives in the thread's [`Stack`] while it is current; a span guard is only a
-//! handle (the span's id), so the hot path moves one small record and allocates nothing.
-//! Finished spans go into the thread-local batch, handed over to the thread's mailbox when the
-//! thread's outermost span closes (see [`mailbox`](super::mailbox)).
+//! handle (the span's id), so the hot path allocates nothing. A span that closes is counted in
+//! the thread's tally (see [`tally`](super::tally)): a handful of adds. Only a span that may
+//! become a sample — among its thread's first `MaxSamples` of the period for its callsite, or
+//! an error among the first `MaxErrors`, or slow or flagged within ten times those — travels
+//! on as a record, handed over to the thread's mailbox at once (see
+//! [`mailbox`](super::mailbox)). Records of spans without a slot (names past the registry's
+//! cap) travel too, and are counted by the aggregator. While a tap needs every span (the
+//! SkyWalking assembler) every span also travels as a record, batched: the batch is handed
+//! over when the thread's outermost span closes, when it is full or 10 ms old, or when a new
+//! period starts.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -12,12 +19,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::clock;
 use crate::flags::{FLAG_SAMPLED, FLAGS_PROPAGATED};
 use crate::id::TraceId;
+use crate::settings::SETTINGS;
 use crate::span::callsite::{self, Callsite};
 use crate::span::mailbox::{BATCH_CAPACITY, LocalSender};
 use crate::span::record::{
-    Extra, FLAG_ABANDONED, FLAG_LOCAL_ROOT, FLAG_PARENT_LOCAL_ROOT, Name, OpenSpan, SpanContext,
-    SpanKind, SpanRecord,
+    Extra, FLAG_ABANDONED, FLAG_CONTEXT, FLAG_LOCAL_ROOT, FLAG_PARENT_LOCAL_ROOT, Name, OpenSpan,
+    RecordKind, RecordTally, SpanContext, SpanKind, SpanRecord,
 };
+use crate::span::tally::{LocalTally, MAX_COST_MS, SpanCounts};
+use crate::state;
 
 /// Where a new span takes its trace from.
 pub(crate) enum Origin<'a> {
@@ -32,9 +42,11 @@ pub(crate) enum Origin<'a> {
 
 pub(crate) struct Local {
     pub(crate) stack: Stack,
+    tally: LocalTally,
     batch: Vec<SpanRecord>,
     batch_generation: u64,
     batch_started: u64,
+    batch_epoch: u32,
     sender: LocalSender,
     /// The runtime's own threads record nothing.
     suppressed: bool,
@@ -46,9 +58,11 @@ impl Local {
     const fn new() -> Local {
         Local {
             stack: Stack { spans: Vec::new() },
+            tally: LocalTally::new(),
             batch: Vec::new(),
             batch_generation: 0,
             batch_started: 0,
+            batch_epoch: 0,
             sender: LocalSender::new(),
             suppressed: false,
             rng: Cell::new(0),
@@ -56,16 +70,22 @@ impl Local {
     }
 
     fn push_record(&mut self, record: SpanRecord) {
+        if !self.batch.is_empty() && record.tally.epoch != self.batch_epoch {
+            // A new period: the batch of the last one goes first.
+            self.flush();
+        }
         if self.batch.is_empty() {
             self.batch_generation = crate::state::generation_relaxed();
             self.batch_started = record.end;
+            self.batch_epoch = record.tally.epoch;
             if self.batch.capacity() == 0 {
                 self.batch.reserve(BATCH_CAPACITY);
             }
         }
         let end = record.end;
         self.batch.push(record);
-        if self.stack.top().is_none_or(OpenSpan::is_context_frame)
+        if !state::all_records()
+            || self.stack.top().is_none_or(OpenSpan::is_context_frame)
             || self.batch.len() >= BATCH_CAPACITY
             || end.saturating_sub(self.batch_started) > clock::batch_age_limit()
         {
@@ -89,10 +109,89 @@ impl Local {
         &self,
         name: Name,
         origin: Origin<'_>,
-        callsite: Option<&Callsite>,
+        callsite: Option<&'static Callsite>,
         kind: SpanKind,
     ) -> OpenSpan {
         new_span(&self.stack, &self.rng, name, origin, callsite, kind)
+    }
+
+    /// Opens a span of the `#[trace]` callsite `cs` as the thread's current span; returns its
+    /// id (0 on a runtime thread). [`Local::callsite_span`], built in place on the stack.
+    #[inline]
+    pub(crate) fn enter(&mut self, cs: &'static Callsite) -> u64 {
+        if self.suppressed {
+            return 0;
+        }
+        let Some(top) = self
+            .stack
+            .top()
+            .filter(|top| top.flags & FLAG_CONTEXT == 0 && top.extra.is_none())
+        else {
+            let span = self.callsite_span(cs);
+            let id = span.span_id;
+            self.stack.spans.push(span);
+            return id;
+        };
+        let (trace, parent, local_root) = (top.trace.clone(), top.span_id, top.local_root);
+        let flags = child_flags(top.flags, cs);
+        let span_id = crate::id::next_u64(&self.rng);
+        let slot = cs.slot().unwrap_or(0);
+        // Written straight into the stack's storage: moving a span (over 100 bytes) in from
+        // elsewhere costs as much as the rest of opening it.
+        let spans = &mut self.stack.spans;
+        spans.reserve(1);
+        let len = spans.len();
+        spans.spare_capacity_mut()[0].write(OpenSpan {
+            name: Name::Static(cs.name),
+            trace,
+            span_id,
+            parent,
+            local_root,
+            start: clock::now(),
+            value: 0,
+            flags,
+            kind: SpanKind::Local,
+            slot,
+            extra: None,
+        });
+        // SAFETY: `reserve(1)` left room for an element at index `len`, and the `write` above
+        // initialised it.
+        unsafe { spans.set_len(len + 1) };
+        span_id
+    }
+
+    /// A span of callsite `cs` that starts now as a child of the current span (or as the root
+    /// of a new trace), without making it current. [`new_span`] with a shortcut for the
+    /// common case: a child of a span that has nothing to pass on but its trace and flags.
+    #[inline]
+    pub(crate) fn callsite_span(&self, cs: &'static Callsite) -> OpenSpan {
+        match self.stack.top() {
+            Some(top) if top.flags & FLAG_CONTEXT == 0 && top.extra.is_none() => {
+                let span_id = crate::id::next_u64(&self.rng);
+                let flags = child_flags(top.flags, cs);
+                OpenSpan {
+                    name: Name::Static(cs.name),
+                    trace: top.trace.clone(),
+                    span_id,
+                    parent: top.span_id,
+                    local_root: top.local_root,
+                    start: clock::now(),
+                    value: 0,
+                    flags,
+                    kind: SpanKind::Local,
+                    slot: cs.slot().unwrap_or(0),
+                    extra: None,
+                }
+            }
+            _ => new_span(
+                &self.stack,
+                &self.rng,
+                Name::Static(cs.name),
+                Origin::Current,
+                Some(cs),
+                SpanKind::Local,
+            ),
+        }
     }
 
     /// Builds a local span that is a child of the open span (or frame) `id` wherever it is on
@@ -122,25 +221,62 @@ impl Local {
 
     /// Takes the open span `id` off the stack and records it (unless abandoned) as ending at
     /// `end`. Spans above it stay in place (a guard dropped out of order).
+    #[inline]
     pub(crate) fn close(&mut self, id: u64, end: u64, panicking: bool) {
-        if let Some(span) = self.stack.remove(id) {
-            self.finish(span, end, panicking);
+        let n = self.stack.spans.len();
+        if n == 0 || self.stack.spans[n - 1].span_id != id {
+            if let Some(span) = self.stack.remove(id) {
+                self.finish(span, end, panicking);
+            }
+            return;
+        }
+        // The common case: the current span closes. It is counted where it lies on the
+        // stack, and moved only when it travels on as a record.
+        let top = &mut self.stack.spans[n - 1];
+        if panicking {
+            mark_panicked(top);
+        }
+        if top.flags & FLAG_ABANDONED == 0 {
+            self.tally.begin();
+            if let Some(tally) = count(&mut self.tally, top, end) {
+                let span = self.stack.spans.pop().expect("checked above");
+                self.push_record(SpanRecord { span, end, tally });
+                self.tally.end();
+                return;
+            }
+            self.tally.end();
+        }
+        if self.stack.spans[n - 1].owns_nothing() {
+            // The common case, without the out-of-line drop of a span that owns nothing.
+            std::mem::forget(self.stack.spans.pop());
+        } else {
+            self.stack.spans.truncate(n - 1);
         }
     }
 
-    /// Ends a span taken off the stack: `panicked` when closed during a panic; into the batch
-    /// unless abandoned.
+    /// Ends a span taken off the stack: `panicked` when closed during a panic; counted unless
+    /// abandoned (or longer than an hour), and sent on as a record when it may become a sample
+    /// (or has no slot, or a tap wants every span).
     pub(crate) fn finish(&mut self, mut span: OpenSpan, end: u64, panicking: bool) {
-        if panicking && span.error().is_none() {
-            span.extra_mut().error = Some("panicked".to_owned());
+        if panicking {
+            mark_panicked(&mut span);
         }
-        // While taps want records, an abandoned span still goes to them as a marker (its
-        // children are re-parented to its parent); the aggregator does not count it.
-        if span.flags & FLAG_ABANDONED == 0
-            || (!span.is_context_frame() && crate::state::attributes_wanted())
-        {
-            self.push_record(SpanRecord { span, end });
+        if span.flags & FLAG_ABANDONED != 0 {
+            // While taps want every record, an abandoned span still goes to them as a marker
+            // (its children are re-parented to its parent); nothing counts it.
+            if !span.is_context_frame() && state::all_records() {
+                let (start_ms, end_ms) = clock::span_ms(span.start, end);
+                let mut tally = RecordTally::count(state::epoch(), start_ms, end_ms);
+                tally.kind = RecordKind::TapOnly;
+                self.push_record(SpanRecord { span, end, tally });
+            }
+            return;
         }
+        self.tally.begin();
+        if let Some(tally) = count(&mut self.tally, &span, end) {
+            self.push_record(SpanRecord { span, end, tally });
+        }
+        self.tally.end();
     }
 
     /// Takes span `id` and every span above it off the stack (an instrumented future or a
@@ -282,8 +418,96 @@ impl Stack {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        // Thread exit: whatever finished is sent; spans still open are lost with the thread.
+        // Thread exit: whatever finished is sent (and stays in the tally until the cut reads
+        // it); spans still open are lost with the thread.
         self.flush();
+        self.tally.retire();
+    }
+}
+
+/// The flags of a span of callsite `cs` opened under a span with flags `parent`: the
+/// propagated ones, and TraceFlag 1 while it is among the first MaxSamples of its callsite
+/// this period (see [`new_span`]).
+#[inline]
+fn child_flags(parent: u8, cs: &Callsite) -> u8 {
+    let mut flags = (parent & FLAGS_PROPAGATED)
+        | if parent & FLAG_LOCAL_ROOT != 0 {
+            FLAG_PARENT_LOCAL_ROOT
+        } else {
+            0
+        };
+    if flags & FLAG_SAMPLED == 0 && cs.take_flag() {
+        flags |= FLAG_SAMPLED;
+    }
+    flags
+}
+
+/// A span closed during a panic is an error, `panicked` (unless it has an error already).
+#[cold]
+fn mark_panicked(span: &mut OpenSpan) {
+    if span.error().is_none() {
+        span.extra_mut().error = Some("panicked".to_owned());
+    }
+}
+
+/// Counts a finished span (not abandoned) in the thread's tally, between `tally.begin()` and
+/// `tally.end()`: the period it ends in, its cost in whole ms (discarded past an hour). Returns
+/// what its record carries when the span must travel on (see the module docs), else `None`.
+#[inline]
+fn count(tally: &mut LocalTally, span: &OpenSpan, end: u64) -> Option<RecordTally> {
+    let epoch = state::epoch();
+    let (start_ms, end_ms) = clock::span_ms(span.start, end);
+    let cost = end_ms - start_ms;
+    if cost > MAX_COST_MS {
+        return None;
+    }
+    let cost = cost.max(0) as u32;
+    if span.slot == 0 {
+        return Some(RecordTally::count(epoch, start_ms, end_ms));
+    }
+    let error = span.extra.as_ref().is_some_and(|e| e.error.is_some());
+    let counts = SpanCounts {
+        cost,
+        start_ms,
+        value: span.value,
+        error,
+    };
+    let (total, errors) = tally.add(span.slot, epoch, &counts);
+    let kind = if may_sample(total, errors, error, span.is_sampled(), cost) {
+        RecordKind::Candidate
+    } else if state::all_records() {
+        RecordKind::TapOnly
+    } else {
+        return None;
+    };
+    Some(RecordTally {
+        kind,
+        epoch,
+        total: total.min(u32::MAX as u64) as u32,
+        errors,
+        stream: ((tally.id() as u64) << 32) | span.slot as u64,
+        start_ms,
+        end_ms,
+    })
+}
+
+/// True when a span that is its stream's `total`-th of the period (`errors`-th error) may
+/// become a sample: the aggregator places it at or after that index among all the spans of its
+/// operation, so a span past the caps here can never be one ([docs/sampling.md §3](crate::docs::sampling)).
+#[inline]
+fn may_sample(total: u64, errors: u32, error: bool, force: bool, cost: u32) -> bool {
+    if error {
+        let max = SETTINGS.max_errors() as i64;
+        let e = errors as i64;
+        e <= max || (force && e <= 10 * max)
+    } else {
+        let max = SETTINGS.max_samples() as i64;
+        let t = total as i64;
+        t <= max
+            || ((force || {
+                let timeout = SETTINGS.timeout_ms();
+                timeout > 0 && cost as i64 > timeout as i64
+            }) && t <= 10 * max)
     }
 }
 
@@ -309,7 +533,7 @@ fn new_span(
     rng: &Cell<u64>,
     name: Name,
     origin: Origin<'_>,
-    callsite: Option<&Callsite>,
+    callsite: Option<&'static Callsite>,
     kind: SpanKind,
 ) -> OpenSpan {
     let span_id = crate::id::next_u64(rng);
@@ -372,16 +596,14 @@ fn new_span(
                 ),
             },
         };
+    let cs = callsite.unwrap_or_else(|| match &name {
+        Name::Static(s) => callsite::for_static(s),
+        Name::Owned(s) => callsite::for_name(s),
+    });
     // Any span that inherited no flag takes one while it is among the first MaxSamples of its
     // name this period (.NET `DefaultSpanBuilder.Start`, docs/sampling.md §4).
-    if flags & FLAG_SAMPLED == 0 {
-        let cs = callsite.unwrap_or_else(|| match &name {
-            Name::Static(s) => callsite::for_static(s),
-            Name::Owned(s) => callsite::for_name(s),
-        });
-        if cs.take_flag() {
-            flags |= FLAG_SAMPLED;
-        }
+    if flags & FLAG_SAMPLED == 0 && cs.take_flag() {
+        flags |= FLAG_SAMPLED;
     }
     // The span's position within its local root, counted only while taps want records.
     let (position, opened) = if !crate::state::attributes_wanted() {
@@ -394,6 +616,7 @@ fn new_span(
             None => (0, None),
         }
     };
+    let slot = cs.slot().unwrap_or(0);
     let extra = (remote_parent.is_some()
         || tracestate.is_some()
         || correlation.is_some()
@@ -420,6 +643,7 @@ fn new_span(
         value: 0,
         flags,
         kind,
+        slot,
         extra,
     }
 }
@@ -430,7 +654,7 @@ fn new_span(
 pub(crate) fn open(
     name: Name,
     origin: Origin<'_>,
-    callsite: Option<&Callsite>,
+    callsite: Option<&'static Callsite>,
     kind: SpanKind,
 ) -> u64 {
     with_local(|local| {
@@ -445,6 +669,13 @@ pub(crate) fn open(
     .unwrap_or(0)
 }
 
+/// Opens a span of a `#[trace]` callsite and makes it the thread's current span. Returns its
+/// id, or 0 when nothing is recorded (a runtime thread, thread teardown).
+#[inline]
+pub(crate) fn enter(cs: &'static Callsite) -> u64 {
+    with_local(|local| local.enter(cs)).unwrap_or(0)
+}
+
 /// Records no span on this thread from now on: the runtime's own threads call it, so that
 /// their work (and a logger or reporter that opens spans) is never traced.
 pub(crate) fn suppress_this_thread() {
@@ -454,9 +685,8 @@ pub(crate) fn suppress_this_thread() {
 /// Closes an open span of this thread: records it (unless abandoned) with the current time.
 #[inline]
 pub(crate) fn close(id: u64) {
-    let end = clock::now();
     let panicking = std::thread::panicking();
-    with_local(|local| local.close(id, end, panicking));
+    with_local(|local| local.close(id, clock::now(), panicking));
 }
 
 /// Records a span that is not on the stack (an instrumented future's own span).

@@ -1,13 +1,12 @@
-//! From the span guard to the aggregator.
+//! From the span guard to the aggregator: the span records that travel (see
+//! [`local`](super::local) for which ones do; counts stay in the threads' tallies).
 //!
-//! Finished spans go into a thread-local batch (no lock, no allocation). The batch is handed
-//! over to the thread's *mailbox* when the thread's outermost span closes, when the batch is
-//! full, or when a span closes and the batch's oldest record is older than 10 ms: one
-//! uncontended lock and a move of the records into a vector that keeps its capacity. The
-//! aggregator sweeps every mailbox every few milliseconds and before every period cut, so a
-//! thread that goes idle after its outermost span closed still has it counted, and `flush()`
-//! sees every span whose outermost span has closed. (Spans that finish under an outermost span
-//! that stays open wait in the thread's batch until the thread closes another span.)
+//! Records go into a thread-local batch (no lock, no allocation), handed over to the thread's
+//! *mailbox* at once — or, while a tap wants every span, when the thread's outermost span
+//! closes, when the batch is full, when a span closes and the batch's oldest record is older
+//! than 10 ms, or when a new period starts: one uncontended lock and a move of the records into
+//! a vector that keeps its capacity. The aggregator sweeps every mailbox every few milliseconds
+//! and at every period cut.
 //!
 //! Why mailboxes rather than one message per batch on a channel: a busy thread closes many
 //! small root spans; one message per root made the channel carry a few spans per message, and
@@ -15,7 +14,12 @@
 //! (the soak test lost a third of its spans to a full channel). A mailbox absorbs whole
 //! scheduler slices of spans and the aggregator takes them in one swap.
 //!
-//! A mailbox is bounded (`MAILBOX_CAPACITY` records): past it, new spans are dropped and
+//! Since spans are counted where they close (see [`tally`](super::tally)), most records are
+//! sample candidates: a full mailbox drops those (counted and logged, [`dropped_samples`]),
+//! never a count. Only records of spans without a slot carry their own count; dropping them
+//! is counted in [`dropped`].
+//!
+//! A mailbox is bounded (`MAILBOX_CAPACITY` records): past it, new records are dropped and
 //! counted, never silently. Control messages (flush, shutdown) go through a small bounded
 //! crossbeam channel.
 
@@ -25,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 
 use crate::delivery::FlushOutcome;
-use crate::span::record::SpanRecord;
+use crate::span::record::{RecordKind, SpanRecord};
 use crate::state;
 
 /// Records in one thread-local batch before it is handed to the mailbox.
@@ -48,15 +52,24 @@ pub(crate) enum Msg {
 /// Set when a producer has asked for an early sweep; cleared by the sweep.
 static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Spans dropped because a mailbox was full.
+/// Spans (uncounted) dropped because a mailbox was full.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static DROP_LOGGED: AtomicBool = AtomicBool::new(false);
+/// Records of counted spans (sample candidates, records for taps) dropped because a mailbox
+/// was full.
+static DROPPED_SAMPLES: AtomicU64 = AtomicU64::new(0);
+static SAMPLE_DROP_LOGGED: AtomicBool = AtomicBool::new(false);
 
 static SENDER: Mutex<Option<(u64, Sender<Msg>)>> = Mutex::new(None);
 
-/// Spans dropped since the runtime started (a full mailbox).
+/// Spans dropped uncounted since the runtime started (a full mailbox).
 pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
+}
+
+/// Records of counted spans dropped since the runtime started (a full mailbox).
+pub(crate) fn dropped_samples() -> u64 {
+    DROPPED_SAMPLES.load(Ordering::Relaxed)
 }
 
 pub(crate) fn install(generation: u64, tx: Sender<Msg>) {
@@ -83,9 +96,30 @@ pub(crate) fn count_dropped(n: usize) {
     }
 }
 
+/// Counts a dropped batch: uncounted spans in [`dropped`], the others in
+/// [`dropped_samples`].
+fn count_dropped_batch(batch: &[SpanRecord]) {
+    let uncounted = batch
+        .iter()
+        .filter(|r| r.tally.kind == RecordKind::Count)
+        .count();
+    count_dropped(uncounted);
+    let records = batch.len() - uncounted;
+    if records > 0 {
+        let before = DROPPED_SAMPLES.fetch_add(records as u64, Ordering::Relaxed);
+        if before == 0 && !SAMPLE_DROP_LOGGED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "stardust: the aggregator is behind; dropping span records (counts are kept; samples may be missing; see dropped_samples())"
+            );
+        }
+    }
+}
+
 pub(crate) fn reset_dropped() {
     DROPPED.store(0, Ordering::Relaxed);
     DROP_LOGGED.store(false, Ordering::Relaxed);
+    DROPPED_SAMPLES.store(0, Ordering::Relaxed);
+    SAMPLE_DROP_LOGGED.store(false, Ordering::Relaxed);
 }
 
 /// One thread's hand-over point.
@@ -136,7 +170,7 @@ impl LocalSender {
         let mut records = mailbox.records.lock().unwrap_or_else(|e| e.into_inner());
         if records.len() + batch.len() > capacity {
             drop(records);
-            count_dropped(batch.len());
+            count_dropped_batch(batch);
             batch.clear();
         } else {
             records.append(batch);
@@ -182,6 +216,10 @@ pub(crate) fn sweep(
     let mut taken = 0;
     let mut dead = false;
     for mb in boxes.iter() {
+        // The vector swapped in takes a few hand-overs without growing on the thread.
+        if spare.capacity() < BATCH_CAPACITY {
+            spare.reserve_exact(BATCH_CAPACITY);
+        }
         {
             let mut records = mb.records.lock().unwrap_or_else(|e| e.into_inner());
             if !records.is_empty() {

@@ -107,6 +107,9 @@ pub(crate) struct OpenSpan {
     pub value: i64,
     pub flags: u8,
     pub kind: SpanKind,
+    /// The callsite's slot in the threads' tallies; 0 when the span is counted from its
+    /// record instead (see `span::tally`).
+    pub slot: u32,
     pub extra: Option<Box<Extra>>,
 }
 
@@ -122,6 +125,15 @@ impl OpenSpan {
     pub(crate) fn is_sampled(&self) -> bool {
         self.flags & FLAG_SAMPLED != 0
     }
+
+    /// True when the span owns no memory (static name, hex trace id, no extra fields): then
+    /// dropping it does nothing, and forgetting it is the same.
+    #[inline]
+    pub(crate) fn owns_nothing(&self) -> bool {
+        self.extra.is_none()
+            && matches!(self.name, Name::Static(_))
+            && !matches!(self.trace.0, crate::id::TraceRepr::Verbatim(_))
+    }
 }
 
 /// A finished span on its way to the aggregator.
@@ -129,6 +141,52 @@ impl OpenSpan {
 pub(crate) struct SpanRecord {
     pub span: OpenSpan,
     pub end: u64,
+    pub tally: RecordTally,
+}
+
+/// Why a record travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordKind {
+    /// Not counted where it closed (its name has no slot): the aggregator counts it, and may
+    /// sample it.
+    Count,
+    /// Counted where it closed; it may become a sample.
+    Candidate,
+    /// Counted where it closed, never a sample: only for the aggregator's taps (SkyWalking).
+    TapOnly,
+}
+
+/// What the closing thread knew about a record: its period, and for a counted span its place
+/// among the spans of its *stream* (its thread's spans of its slot) in that period.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordTally {
+    pub kind: RecordKind,
+    /// The period (epoch) the span ended in.
+    pub epoch: u32,
+    /// This span's index among its stream's spans in the period (1-based; 0 for `Count`).
+    pub total: u32,
+    /// Its stream's errors so far in the period, this span included.
+    pub errors: u32,
+    /// The stream: thread table id (high 32 bits) and slot.
+    pub stream: u64,
+    /// Local Unix ms of the start and end, as the closing thread measured the cost.
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl RecordTally {
+    /// For a record counted by the aggregator (tests, and spans without a slot).
+    pub(crate) fn count(epoch: u32, start_ms: i64, end_ms: i64) -> RecordTally {
+        RecordTally {
+            kind: RecordKind::Count,
+            epoch,
+            total: 0,
+            errors: 0,
+            stream: 0,
+            start_ms,
+            end_ms,
+        }
+    }
 }
 
 impl OpenSpan {
@@ -152,6 +210,7 @@ impl OpenSpan {
             value: 0,
             flags: (flags & crate::flags::FLAGS_PROPAGATED) | FLAG_CONTEXT | FLAG_ABANDONED,
             kind: SpanKind::Local,
+            slot: 0,
             extra,
         }
     }

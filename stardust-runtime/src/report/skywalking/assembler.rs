@@ -650,6 +650,7 @@ mod tests {
                     value: 0,
                     flags: flags | if root { FLAG_LOCAL_ROOT } else { 0 },
                     kind: SpanKind::Local,
+                    slot: 0,
                     extra: Some(Box::new(Extra {
                         position,
                         opened: Some(self.opened.clone()),
@@ -657,6 +658,7 @@ mod tests {
                     })),
                 },
                 end: 3_000_000,
+                tally: crate::span::record::RecordTally::count(1, 0, 0),
             }
         }
     }
