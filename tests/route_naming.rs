@@ -404,3 +404,25 @@ fn default_names_leave_ids_out() {
         "/orders/{id}/lines/{id}"
     );
 }
+
+/// The children of an abandoned span (a 404) are kept and re-parented to its parent, in
+/// Stardust samples as in SkyWalking segments; the abandoned span itself is not counted.
+#[test]
+fn children_of_an_abandoned_request_take_its_parent() {
+    let no_headers: Vec<(String, String)> = Vec::new();
+    let rec = testing::record(|| {
+        let _outer = stardust_runtime::span("job/poll");
+        let mut req = incoming::with_route("GET /item/{id}", "GET", "/item/7", &no_headers);
+        {
+            let _lookup = stardust_runtime::span("db/lookup");
+        }
+        req.guard();
+        req.finish(404);
+    });
+    assert_eq!(rec.count("GET /item/{id}"), 0, "abandoned: not counted");
+    assert_eq!(rec.count("db/lookup"), 1, "its child is kept");
+    let outer = rec.samples("job/poll")[0];
+    let lookup = rec.samples("db/lookup")[0];
+    assert_eq!(lookup.parent_id.as_deref(), Some(outer.id.as_str()));
+    assert_eq!(lookup.trace_id, outer.trace_id);
+}

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::clock;
 use crate::collect::builder::{Builder, Excludes, normalize_name};
 use crate::delivery::FlushOutcome;
-use crate::model::TraceModel;
+use crate::model::{SpanBuilderModel, TraceModel};
 use crate::settings::{SETTINGS, Snapshot};
 use crate::span::callsite;
 use crate::span::mailbox::{self, Msg};
@@ -34,6 +34,8 @@ const MAX_RESTARTS: u32 = 10;
 const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// How often they are swept after a while without spans.
 const IDLE_SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// Most abandoned spans remembered per period for re-parenting (their children's samples).
+const MAX_ABANDONED: usize = 4096;
 /// Most builders per period for names built at run time (`span(String)`, the HTTP helpers):
 /// a budget of their own, so that ids in URLs never push out the operations declared in code.
 pub(crate) const MAX_DYNAMIC_BUILDERS: usize = 5_000;
@@ -109,6 +111,8 @@ pub(crate) struct Aggregator {
     overflow_logged: bool,
     /// Builders of run-time names this period.
     dynamic_builders: usize,
+    /// Spans abandoned this period: their parents, for re-parenting their children's samples.
+    abandoned: HashMap<u64, u64, FxBuild>,
     dynamic_overflow_logged: bool,
     /// The period (epoch) whose spans the builders hold.
     epoch: u32,
@@ -152,6 +156,7 @@ impl Aggregator {
             period_secs: SETTINGS.period_secs(),
             overflow_logged: false,
             dynamic_builders: 0,
+            abandoned: HashMap::default(),
             dynamic_overflow_logged: false,
             epoch: crate::state::epoch(),
             collector: tally::Collector::default(),
@@ -298,11 +303,16 @@ impl Aggregator {
     /// its builder as a sample when it is a candidate.
     fn add(&mut self, record: SpanRecord, settings: &Snapshot) {
         let t = record.tally;
-        if t.kind == RecordKind::TapOnly {
+        // An abandoned span's marker is not counted; its children's samples are re-parented
+        // to its parent at the cut (the rule SkyWalking segments follow too).
+        if record.span.flags & crate::span::record::FLAG_ABANDONED != 0 {
+            if self.abandoned.len() < MAX_ABANDONED {
+                self.abandoned
+                    .insert(record.span.span_id, record.span.parent);
+            }
             return;
         }
-        // An abandoned span's marker is for the taps only: it is not counted.
-        if record.span.flags & crate::span::record::FLAG_ABANDONED != 0 {
+        if t.kind == RecordKind::TapOnly {
             return;
         }
         let ahead = t.epoch.wrapping_sub(self.epoch) as i32;
@@ -445,6 +455,44 @@ impl Aggregator {
         index
     }
 
+    /// Samples whose parent was abandoned (not recorded) take the abandoned span's parent,
+    /// following chains of abandoned spans; with none left, they become roots.
+    fn reparent(&mut self, builders: &mut [SpanBuilderModel]) {
+        if self.abandoned.is_empty() {
+            return;
+        }
+        let abandoned = std::mem::take(&mut self.abandoned);
+        let resolve = |mut id: u64| {
+            for _ in 0..64 {
+                match abandoned.get(&id) {
+                    Some(&parent) => id = parent,
+                    None => break,
+                }
+            }
+            id
+        };
+        for b in builders.iter_mut() {
+            for s in b
+                .samples
+                .iter_mut()
+                .chain(b.error_samples.iter_mut())
+                .flatten()
+            {
+                let Some(parent) = s
+                    .parent_id
+                    .as_deref()
+                    .and_then(|p| u64::from_str_radix(p, 16).ok())
+                else {
+                    continue;
+                };
+                if abandoned.contains_key(&parent) {
+                    let p = resolve(parent);
+                    s.parent_id = (p != 0).then(|| format!("{p:016x}"));
+                }
+            }
+        }
+    }
+
     /// Ends the period: every thread's counters of it and the records still in the mailboxes
     /// go to the builders, and the builders with spans become a model. Waits for threads
     /// still closing a span of the period at most until `limit`.
@@ -502,6 +550,7 @@ impl Aggregator {
         for record in std::mem::take(&mut self.next) {
             self.add(record, &settings);
         }
+        self.reparent(&mut builders);
         if builders.is_empty() {
             return None;
         }

@@ -236,16 +236,20 @@ impl Local {
         if panicking {
             mark_panicked(top);
         }
-        if top.flags & FLAG_ABANDONED == 0 {
-            self.tally.begin();
-            if let Some(tally) = count(&mut self.tally, top, end) {
-                let span = self.stack.spans.pop().expect("checked above");
-                self.push_record(SpanRecord { span, end, tally });
-                self.tally.end();
-                return;
-            }
-            self.tally.end();
+        if top.flags & FLAG_ABANDONED != 0 {
+            // Abandoned (or an attached context's frame): `finish` sends the marker.
+            let span = self.stack.spans.pop().expect("checked above");
+            self.finish(span, end, false);
+            return;
         }
+        self.tally.begin();
+        if let Some(tally) = count(&mut self.tally, top, end) {
+            let span = self.stack.spans.pop().expect("checked above");
+            self.push_record(SpanRecord { span, end, tally });
+            self.tally.end();
+            return;
+        }
+        self.tally.end();
         if self.stack.spans[n - 1].owns_nothing() {
             // The common case, without the out-of-line drop of a span that owns nothing.
             std::mem::forget(self.stack.spans.pop());
@@ -262,9 +266,10 @@ impl Local {
             mark_panicked(&mut span);
         }
         if span.flags & FLAG_ABANDONED != 0 {
-            // While taps want every record, an abandoned span still goes to them as a marker
-            // (its children are re-parented to its parent); nothing counts it.
-            if !span.is_context_frame() && state::all_records() {
+            // An abandoned span still travels as a marker (rare: a 404, an explicit abandon) so
+            // that its children's samples and segments are re-parented to its parent;
+            // nothing counts it.
+            if !span.is_context_frame() {
                 let (start_ms, end_ms) = clock::span_ms(span.start, end);
                 let mut tally = RecordTally::count(state::epoch(), start_ms, end_ms);
                 tally.kind = RecordKind::TapOnly;
