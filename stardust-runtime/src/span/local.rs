@@ -650,8 +650,9 @@ pub(crate) fn open(
 }
 
 /// Opens a span of a `#[trace]` callsite and makes it the thread's current span. Returns its
-/// id, or 0 when nothing is recorded (a runtime thread, thread teardown).
-#[inline]
+/// id, or 0 when nothing is recorded (a runtime thread, thread teardown). Not inlined, so that
+/// a traced call before `init` stays one load and a branch in the caller.
+#[inline(never)]
 pub(crate) fn enter(cs: &'static Callsite) -> u64 {
     with_local(|local| local.enter(cs)).unwrap_or(0)
 }
