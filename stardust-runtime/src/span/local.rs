@@ -412,8 +412,8 @@ impl Stack {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        // Thread exit: whatever finished is sent (and stays in the tally until the cut reads
-        // it); spans still open are lost with the thread.
+        // Thread exit: whatever finished is sent (and counted: the aggregator reads the tally
+        // before dropping it); spans still open are lost with the thread.
         self.flush();
         self.tally.retire();
     }
@@ -453,7 +453,11 @@ fn count(tally: &mut LocalTally, span: &OpenSpan, end: u64) -> Option<RecordTall
     let (start_ms, end_ms) = clock::span_ms(span.start, end);
     let cost = end_ms - start_ms;
     if cost > MAX_COST_MS {
-        return None;
+        // Not counted, not sampled; a tap still sees it.
+        return state::all_records().then(|| RecordTally {
+            kind: RecordKind::TapOnly,
+            ..RecordTally::count(epoch, start_ms, end_ms)
+        });
     }
     let cost = cost.max(0) as u32;
     if span.slot == 0 {
