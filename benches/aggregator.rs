@@ -18,6 +18,12 @@
 //!
 //! Reproduce: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench aggregator`
 //!
+//! Since #15, spans are counted on the thread that closes them and only sample candidates
+//! travel to the aggregator: the absorb runs below now measure that path (a few records per
+//! operation and period, the rest counted in place), and the overload runs drop no counts. The
+//! figures below are from before that change; `benches/whole_process.rs` measures the whole
+//! pipeline now.
+//!
 //! ## Results (2026-06, this machine)
 //! Machine: AMD EPYC (family 26 model 2, Zen 5), KVM guest, 2 vCPUs (1 thread per core),
 //! 24 GiB RAM; `nproc` = 2; rustc 1.95.0 (59807616e 2026-04-14); criterion 0.7.0.

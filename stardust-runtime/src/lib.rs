@@ -2,7 +2,8 @@
 #![deny(missing_docs)]
 // Layers, lowest first; each module imports only from the layers below it (checked in CI by
 // `.ci/layers.py` against `.ci/layers.txt`). Data flows the same way: span guard →
-// thread-local batch → mailbox → aggregator → reporters → HTTP.
+// thread-local tally (counts, read at the cut) and batch (sample records) → mailbox →
+// aggregator → reporters → HTTP.
 //
 //   util, error, clock, id, flags, model   no dependency on the rest
 //   settings, state                        shared runtime state, behind accessors

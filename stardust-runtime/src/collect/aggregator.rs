@@ -208,6 +208,7 @@ impl Aggregator {
             } else {
                 idle_sweeps = 0;
             }
+            self.reap();
             match msg {
                 None => {
                     if self.next_cut.is_some_and(|at| Instant::now() >= at) {
@@ -382,6 +383,17 @@ impl Aggregator {
                 }
             }
         })
+    }
+
+    /// Adds the counts of threads that have exited to the builders, and drops their tables.
+    fn reap(&mut self) {
+        let mut counts = std::mem::take(&mut self.counts);
+        self.collector
+            .reap(self.epoch, |slot, c| counts.push((slot, *c)));
+        for (slot, c) in counts.drain(..) {
+            self.merge(slot, &c);
+        }
+        self.counts = counts;
     }
 
     /// Adds a thread's counters of `slot` to its builder.

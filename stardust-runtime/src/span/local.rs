@@ -423,8 +423,8 @@ impl Stack {
 
 impl Drop for Local {
     fn drop(&mut self) {
-        // Thread exit: whatever finished is sent (and stays in the tally until the cut reads
-        // it); spans still open are lost with the thread.
+        // Thread exit: whatever finished is sent (and counted: the aggregator reads the tally
+        // before dropping it); spans still open are lost with the thread.
         self.flush();
         self.tally.retire();
     }
@@ -464,7 +464,11 @@ fn count(tally: &mut LocalTally, span: &OpenSpan, end: u64) -> Option<RecordTall
     let (start_ms, end_ms) = clock::span_ms(span.start, end);
     let cost = end_ms - start_ms;
     if cost > MAX_COST_MS {
-        return None;
+        // Not counted, not sampled; a tap still sees it.
+        return state::all_records().then(|| RecordTally {
+            kind: RecordKind::TapOnly,
+            ..RecordTally::count(epoch, start_ms, end_ms)
+        });
     }
     let cost = cost.max(0) as u32;
     if span.slot == 0 {
@@ -675,8 +679,9 @@ pub(crate) fn open(
 }
 
 /// Opens a span of a `#[trace]` callsite and makes it the thread's current span. Returns its
-/// id, or 0 when nothing is recorded (a runtime thread, thread teardown).
-#[inline]
+/// id, or 0 when nothing is recorded (a runtime thread, thread teardown). Not inlined, so that
+/// a traced call before `init` stays one load and a branch in the caller.
+#[inline(never)]
 pub(crate) fn enter(cs: &'static Callsite) -> u64 {
     with_local(|local| local.enter(cs)).unwrap_or(0)
 }

@@ -19,8 +19,9 @@
 //! (a compiler fence keeps that order; the store becomes visible within microseconds, and the
 //! aggregator first waits [`GRACE`]). A thread that stays inside a close for longer than the
 //! cut waits (stopped, or starved for CPU) is read as it is, and read again at the next cut:
-//! what it added meanwhile is counted in the next period, never lost. Threads that exit leave
-//! their table behind until its last period has been read.
+//! what it added meanwhile is counted in the next period, never lost. The table of a thread that
+//! exits is read and dropped at the aggregator's next sweep (its counts go to the current
+//! period), so a pool that churns threads leaves no tables behind.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering, compiler_fence};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -328,6 +329,27 @@ impl Collector {
         }
     }
 
+    /// Takes the tables of threads that have exited, giving their counts of `epoch` (the
+    /// current period: call between cuts) to `f`: a pool that churns threads leaves no tables
+    /// behind for long.
+    pub(crate) fn reap(&mut self, epoch: u32, mut f: impl FnMut(u32, &Counts)) {
+        let mut dead = Vec::new();
+        registry()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| {
+                // Set by the thread after its last close: everything it counted is visible.
+                let alive = t.alive.load(Ordering::Acquire);
+                if !alive {
+                    dead.push(t.clone());
+                }
+                alive
+            });
+        for table in dead {
+            each_half(&table, epoch, |slot, counts| f(slot, &counts));
+        }
+    }
+
     /// Reads every thread's counters of `epoch`, which the caller has just ended (the global
     /// epoch is past it): waits [`GRACE`], then until no thread is inside a close (at most
     /// until `limit`), then calls `f` with each slot's counts. Tables of exited threads are
@@ -416,6 +438,13 @@ mod tests {
     /// Slots no callsite of the other tests uses.
     const SLOT: u32 = 60_001;
 
+    /// The tables are global: these tests read (and drop) each other's, one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn span(cost: u32, start_ms: i64, value: i64, error: bool) -> SpanCounts {
         SpanCounts {
             cost,
@@ -438,6 +467,7 @@ mod tests {
 
     #[test]
     fn a_period_is_counted_and_the_next_period_of_the_same_parity_starts_afresh() {
+        let _serial = serial();
         let mut t = LocalTally::new();
         t.begin();
         assert_eq!(t.add(SLOT, 1_000_001, &span(5, 100, 2, false)), (1, 0));
@@ -473,6 +503,7 @@ mod tests {
 
     #[test]
     fn a_thread_still_closing_at_the_cut_is_read_again_at_the_next() {
+        let _serial = serial();
         let mut t = LocalTally::new();
         let slot = SLOT + 1;
         t.begin();
@@ -505,7 +536,36 @@ mod tests {
     }
 
     #[test]
+    fn an_exited_threads_table_is_reaped_between_cuts() {
+        let _serial = serial();
+        let slot = SLOT + 3;
+        let id = std::thread::spawn(move || {
+            let mut t = LocalTally::new();
+            t.begin();
+            t.add(slot, 4_000_001, &span(2, 1, 0, false));
+            t.add(slot, 4_000_001, &span(4, 1, 0, true));
+            t.end();
+            let id = t.id();
+            t.retire();
+            id
+        })
+        .join()
+        .unwrap();
+        let mut c = Collector::default();
+        let mut got = Vec::new();
+        c.reap(4_000_001, |s, counts| {
+            if s == slot {
+                got.push(*counts)
+            }
+        });
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].total, got[0].errors, got[0].cost), (2, 1, 6));
+        assert!(!registry().lock().unwrap().iter().any(|t| t.id == id));
+    }
+
+    #[test]
     fn an_exited_threads_table_is_read_then_dropped() {
+        let _serial = serial();
         let slot = SLOT + 2;
         let id = std::thread::spawn(move || {
             let mut t = LocalTally::new();
