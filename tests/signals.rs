@@ -29,6 +29,7 @@ impl Reporter for PrintTotals {
 }
 
 #[test]
+#[ignore = "the child process's body; run by the tests below"]
 fn child_entry() {
     if std::env::var_os(CHILD).is_none() {
         return;
@@ -53,7 +54,13 @@ fn child_entry() {
 #[test]
 fn sigterm_reports_the_last_period_then_exits_143() {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, "1")
         .stdout(Stdio::piped())
         .spawn()

@@ -11,8 +11,8 @@ use stardust_test_support::common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -26,37 +26,12 @@ const WAIT: Duration = Duration::from_secs(5);
 // ---- helpers -------------------------------------------------------------------------------
 
 /// Every log line of the runtime, to check that no secret or token is ever logged.
-static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct TestLog;
-
-impl log::Log for TestLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target().starts_with("stardust")
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let line = format!("{} {}: {}", r.level(), r.target(), r.args());
-            eprintln!("{line}");
-            LOG_LINES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn log_lines() -> Vec<String> {
-    LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    common::log_lines()
 }
 
 fn install_logger() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&TestLog).expect("logger");
-        log::set_max_level(log::LevelFilter::Debug);
-    });
+    common::capture_logs();
 }
 
 /// Client config: flush-driven periods, short timeouts, a big span channel (nothing dropped).

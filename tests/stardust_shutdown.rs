@@ -10,8 +10,8 @@ use stardust_test_support as support;
 use stardust_test_support::common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,45 +26,17 @@ const SLACK: Duration = Duration::from_millis(1500);
 
 // ---- helpers -------------------------------------------------------------------------------
 
-static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct TestLog;
-
-impl log::Log for TestLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target().starts_with("stardust")
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            let line = format!("{} {}: {}", r.level(), r.target(), r.args());
-            eprintln!("{line}");
-            LOG_LINES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
 /// The log lines containing `s`.
 fn lines_with(s: &str) -> Vec<String> {
-    LOG_LINES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
+    common::log_lines()
+        .into_iter()
         .filter(|l| l.contains(s))
-        .cloned()
         .collect()
 }
 
 fn start(cfg: Config) -> Guard {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&TestLog).expect("logger");
-        log::set_max_level(log::LevelFilter::Debug);
-    });
-    LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    common::capture_logs();
+    common::clear_log_lines();
     stardust_runtime::init_with(cfg).expect("init")
 }
 

@@ -61,3 +61,46 @@ pub fn start(config: stardust_runtime::Config) -> (stardust_runtime::Guard, Rece
     .expect("init");
     (guard, rx)
 }
+
+/// Every `stardust` log line of this test binary (once [`capture_logs`] installed the
+/// logger), also echoed to stderr.
+static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct CaptureLog;
+
+impl log::Log for CaptureLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("stardust")
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("{} {}: {}", r.level(), r.target(), r.args());
+            eprintln!("{line}");
+            LOG_LINES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs a logger (once per test binary, at debug level) that keeps every `stardust` line
+/// for [`log_lines`].
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CaptureLog).expect("logger");
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+/// The lines kept so far.
+pub fn log_lines() -> Vec<String> {
+    LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Forgets the lines kept so far.
+pub fn clear_log_lines() {
+    LOG_LINES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}

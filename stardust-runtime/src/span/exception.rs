@@ -15,7 +15,7 @@
 use std::cell::Cell;
 
 use crate::clock;
-use crate::span::local::with_local;
+use crate::span::local::{Local, with_local};
 use crate::span::record::{FLAG_EXCEPTION, Name, OpenSpan};
 use crate::state;
 
@@ -50,30 +50,33 @@ pub(crate) fn record(failing: u64, kind: &str, text: &str) {
     if failing == 0 || !state::exception_spans() || kind.is_empty() {
         return;
     }
+    with_local(|local| record_in(local, failing, kind, text));
+}
+
+/// [`record`] on this thread's span state.
+fn record_in(local: &mut Local, failing: u64, kind: &str, text: &str) {
     let end = clock::now();
     let h = hash(kind);
-    with_local(|local| {
-        let Some(f) = local.stack.find(failing) else {
-            return;
-        };
-        let (start, parent) = (f.start, f.parent);
-        let (last_parent, last_kind) = LAST.with(Cell::get);
-        // Only the parent's own *direct* child counts: the same error coming up with `?`.
-        LAST.with(|l| l.set((parent, h)));
-        if last_parent == failing && last_kind == h {
-            return;
-        }
-        let name = Name::Owned(format!("ex:{kind}").into_boxed_str());
-        let Ok(mut ex) = local.child_of_open(failing, name) else {
-            return;
-        };
-        ex.start = start;
-        ex.flags |= FLAG_EXCEPTION;
-        if ex.is_sampled() {
-            ex.extra_mut().tag = Some(text.to_owned());
-        }
-        local.finish(ex, end, false);
-    });
+    let Some(f) = local.stack.find(failing) else {
+        return;
+    };
+    let (start, parent) = (f.start, f.parent);
+    let (last_parent, last_kind) = LAST.with(Cell::get);
+    // Only the parent's own *direct* child counts: the same error coming up with `?`.
+    LAST.with(|l| l.set((parent, h)));
+    if last_parent == failing && last_kind == h {
+        return;
+    }
+    let name = Name::Owned(format!("ex:{kind}").into_boxed_str());
+    let Ok(mut ex) = local.child_of_open(failing, name) else {
+        return;
+    };
+    ex.start = start;
+    ex.flags |= FLAG_EXCEPTION;
+    if ex.is_sampled() {
+        ex.extra_mut().tag = Some(text.to_owned());
+    }
+    local.finish(ex, end, false);
 }
 
 /// [`record`] for a span that is not on the stack (an instrumented future's own span between
@@ -82,17 +85,16 @@ pub(crate) fn record_detached(span: OpenSpan, kind: &str, text: &str) -> OpenSpa
     if !state::exception_spans() {
         return span;
     }
-    let id = span.span_id;
-    let mut span = Some(span);
-    with_local(|local| local.stack.push(span.take().expect("not taken yet")));
-    let Some(span) = span else {
-        record(id, kind, text);
-        return with_local(|local| local.stack.remove(id))
-            .flatten()
-            .expect("pushed above");
-    };
-    // No thread-local state (thread teardown): nothing recorded.
-    span
+    let mut slot = Some(span);
+    with_local(|local| {
+        let span = slot.take().expect("taken once");
+        let id = span.span_id;
+        local.stack.push(span);
+        record_in(local, id, kind, text);
+        slot = local.stack.remove(id);
+    });
+    // Put back, or never taken (thread teardown: nothing recorded).
+    slot.expect("the span is handed back")
 }
 
 #[cfg(test)]

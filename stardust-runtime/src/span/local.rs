@@ -23,8 +23,8 @@ use crate::settings::SETTINGS;
 use crate::span::callsite::{self, Callsite};
 use crate::span::mailbox::{BATCH_CAPACITY, LocalSender};
 use crate::span::record::{
-    Extra, FLAG_ABANDONED, FLAG_CONTEXT, FLAG_LOCAL_ROOT, FLAG_PARENT_LOCAL_ROOT, Name, OpenSpan,
-    RecordKind, RecordTally, SpanContext, SpanKind, SpanRecord,
+    Extra, FLAG_ABANDONED, FLAG_CONTEXT, FLAG_LOCAL_ROOT, Name, OpenSpan, RecordKind, RecordTally,
+    SpanContext, SpanKind, SpanRecord,
 };
 use crate::span::tally::{LocalTally, MAX_COST_MS, SpanCounts};
 use crate::state;
@@ -435,12 +435,7 @@ impl Drop for Local {
 /// this period (see [`new_span`]).
 #[inline]
 fn child_flags(parent: u8, cs: &Callsite) -> u8 {
-    let mut flags = (parent & FLAGS_PROPAGATED)
-        | if parent & FLAG_LOCAL_ROOT != 0 {
-            FLAG_PARENT_LOCAL_ROOT
-        } else {
-            0
-        };
+    let mut flags = parent & FLAGS_PROPAGATED;
     if flags & FLAG_SAMPLED == 0 && cs.take_flag() {
         flags |= FLAG_SAMPLED;
     }
@@ -575,12 +570,7 @@ fn new_span(
                     top.trace.clone(),
                     top.span_id,
                     None,
-                    (top.flags & FLAGS_PROPAGATED)
-                        | if top.flags & FLAG_LOCAL_ROOT != 0 {
-                            FLAG_PARENT_LOCAL_ROOT
-                        } else {
-                            0
-                        },
+                    top.flags & FLAGS_PROPAGATED,
                     inherited(top),
                     None,
                     top.local_root,

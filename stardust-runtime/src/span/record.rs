@@ -84,8 +84,6 @@ pub(crate) const FLAG_CONTEXT: u8 = 0x40;
 /// Internal bit: the span is a *local root*: the first span of its trace on this thread (it
 /// starts a trace, or continues one from headers or from another thread).
 pub(crate) const FLAG_LOCAL_ROOT: u8 = 0x20;
-/// Internal bit: the span's parent is its local root.
-pub(crate) const FLAG_PARENT_LOCAL_ROOT: u8 = 0x10;
 /// Internal bit: a context was taken from the span while a propagator was installed, so
 /// another thread or process may name it (by its position within its local root).
 pub(crate) const FLAG_CAPTURED: u8 = 0x08;
