@@ -755,6 +755,40 @@ fn business_error_drops_the_report() {
     assert_clean(&fake, Some(SECRET));
 }
 
+/// A report the server can never bind (HTTP 400, 413 or 415) is dropped like a business
+/// error: it does not sit at the head of the retry queue, blocking every report behind it.
+#[test]
+fn report_that_does_not_bind_is_dropped_not_retried() {
+    let _s = common::serial();
+    let fake = fake_with_app();
+    let guard = start(config(&fake));
+    wait_logins(&fake, 1);
+    calls(3, 1);
+    fake.push_fault(On::Report, Fault::status(400));
+    assert!(
+        guard.flush().is_ok(),
+        "a refused report is not left to retry"
+    );
+    calls(1, 0);
+    assert!(guard.flush().is_ok());
+    let want = expect(&[("proto/ok", 1, 0)]);
+    wait_totals(&fake, &want, WAIT);
+    drop(guard);
+    assert_eq!(
+        report_requests(&fake).len(),
+        2,
+        "the refused report was not sent again"
+    );
+    assert_eq!(fake.totals_by_name(), want);
+    assert!(
+        log_lines()
+            .iter()
+            .any(|l| l.contains("the server refused a report") && l.contains("400")),
+        "the drop is logged: {:?}",
+        log_lines()
+    );
+}
+
 #[test]
 fn queued_report_is_retried_by_the_timer() {
     let _s = common::serial();

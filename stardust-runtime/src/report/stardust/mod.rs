@@ -389,11 +389,19 @@ impl StardustSink {
                 self.apply(&reply);
                 true
             }
-            Err(e @ CallError::Transport(_)) => {
-                let (key, hint) = self.diagnose(&e, false);
-                let CallError::Transport(m) = e else {
-                    unreachable!("matched above")
-                };
+            Err(e) if refused_for_good(&e) => {
+                report_refused(&e, model);
+                true
+            }
+            Err(CallError::Business { message, .. }) => {
+                log::warn!(
+                    "stardust: report refused after logging in again (401 {message}); kept for retry"
+                );
+                self.enqueue(model);
+                false
+            }
+            Err(CallError::Transport(m)) => {
+                let (key, hint) = self.diagnose_transport(&m);
                 diag::report(
                     log::Level::Warn,
                     key,
@@ -406,25 +414,6 @@ impl StardustSink {
                 );
                 self.enqueue(model);
                 false
-            }
-            Err(CallError::Business { code: 401, message }) => {
-                log::warn!(
-                    "stardust: report refused after logging in again (401 {message}); kept for retry"
-                );
-                self.enqueue(model);
-                false
-            }
-            Err(CallError::Business { code, message }) => {
-                diag::report(
-                    log::Level::Error,
-                    "report-refused",
-                    &format!(
-                        "the server refused a report ({code}: {message}); {} operations dropped",
-                        model.builders.len()
-                    ),
-                    "the server's log says why; an operation name or tag it cannot store is a common cause",
-                );
-                true
             }
         }
     }
@@ -458,11 +447,7 @@ impl StardustSink {
         while let Some(model) = self.queue.pop_front() {
             match self.upload(&model, deadline) {
                 Ok(reply) => self.apply(&reply),
-                Err(CallError::Business { code, message }) if code != 401 => {
-                    log::error!(
-                        "stardust: server refused a queued report ({code}: {message}); dropped"
-                    );
-                }
+                Err(e) if refused_for_good(&e) => report_refused(&e, &model),
                 Err(e) => {
                     log::debug!("stardust: retry stopped: {e}");
                     self.queue.push_front(model);
@@ -518,11 +503,8 @@ impl StardustSink {
                         pause = RETRY_MIN;
                         None
                     }
-                    Err(CallError::Business { code, message }) if code != 401 => {
-                        log::error!(
-                            "stardust: server refused a report ({code}: {message}); {} operations dropped",
-                            model.builders.len()
-                        );
+                    Err(e) if refused_for_good(&e) => {
+                        report_refused(&e, &model);
                         None
                     }
                     Err(e) => {
@@ -560,31 +542,8 @@ impl StardustSink {
     /// The condition a failed call stands for, and what a user should check (for the log and
     /// the stderr fallback, [`diag`]).
     fn diagnose(&self, e: &CallError, login: bool) -> (&'static str, String) {
-        let servers = self.api.servers_for_log();
         match e {
-            CallError::Transport(Transport::Http(HttpError::Unreachable(ureq::Error::Timeout(_)))) => (
-                "server-slow",
-                format!(
-                    "no answer within request_timeout: is the Stardust server at {servers} overloaded, or is StarServer pointing at something that never answers?"
-                ),
-            ),
-            CallError::Transport(Transport::Http(HttpError::Unreachable(_))) => (
-                "server-unreachable",
-                format!(
-                    "is the Stardust server running, and is StarServer ({servers}) the right address?"
-                ),
-            ),
-            CallError::Transport(Transport::Http(HttpError::Status(404 | 405 | 501)))
-            | CallError::Transport(Transport::NotEnvelope(_)) => (
-                "not-stardust",
-                format!(
-                    "{servers} does not answer like a Stardust server: StarServer must be its base URL (e.g. http://star:6600), not a web page or another service"
-                ),
-            ),
-            CallError::Transport(_) => (
-                "server-error",
-                "reports are kept and retried; the server's log says why it failed".to_owned(),
-            ),
+            CallError::Transport(t) => self.diagnose_transport(t),
             CallError::Business { .. } if login => (
                 "login-refused",
                 "check StarAppId and StarSecret; the application may be disabled in the Stardust web UI".to_owned(),
@@ -592,6 +551,37 @@ impl StardustSink {
             CallError::Business { .. } => (
                 "server-refused",
                 "the server's log says why".to_owned(),
+            ),
+        }
+    }
+
+    /// [`StardustSink::diagnose`] of a call that got no usable reply.
+    fn diagnose_transport(&self, t: &Transport) -> (&'static str, String) {
+        let servers = self.api.servers_for_log();
+        match t {
+            Transport::Http(HttpError::Unreachable(ureq::Error::Timeout(_))) => (
+                "server-slow",
+                format!(
+                    "no answer within request_timeout: is the Stardust server at {servers} overloaded, or is StarServer pointing at something that never answers?"
+                ),
+            ),
+            Transport::Http(HttpError::Unreachable(_)) => (
+                "server-unreachable",
+                format!(
+                    "is the Stardust server running, and is StarServer ({servers}) the right address?"
+                ),
+            ),
+            Transport::Http(HttpError::Status(404 | 405 | 501)) | Transport::NotEnvelope(_) => (
+                "not-stardust",
+                format!(
+                    "{servers} does not answer like a Stardust server: StarServer must be its base URL (e.g. http://star:6600), not a web page or another service"
+                ),
+            ),
+            // The new login after a 401 failed: the hint of that login's failure.
+            Transport::LoginFailed(login) => self.diagnose(login, true),
+            Transport::Http(_) => (
+                "server-error",
+                "reports are kept and retried; the server's log says why it failed".to_owned(),
             ),
         }
     }
@@ -845,6 +835,20 @@ fn refused_for_good(e: &CallError) -> bool {
         }
         CallError::Transport(_) => false,
     }
+}
+
+/// Logs a report that is dropped because the server will never take it (see
+/// [`refused_for_good`]).
+fn report_refused(e: &CallError, model: &TraceModel) {
+    diag::report(
+        log::Level::Error,
+        "report-refused",
+        &format!(
+            "the server refused a report ({e}); {} operations dropped",
+            model.builders.len()
+        ),
+        "the server's log says why; an operation name or tag it cannot store is a common cause",
+    );
 }
 
 fn md5_upper(bytes: &[u8]) -> String {
