@@ -212,7 +212,7 @@ fn sample(record: &SpanRecord, start_ms: i64, end_ms: i64, settings: &Snapshot) 
     let tag = if settings.max_tag_length > 0 {
         extra
             .and_then(|e| e.tag.as_deref())
-            .map(|t| cut_chars(t, settings.max_tag_length as usize).to_owned())
+            .map(|t| crate::util::text::cut_utf16(t, settings.max_tag_length as usize).to_owned())
     } else {
         None
     };
@@ -226,14 +226,6 @@ fn sample(record: &SpanRecord, start_ms: i64, end_ms: i64, settings: &Snapshot) 
         tag,
         trace_flag: span.flags & 1,
         error: extra.and_then(|e| e.error.clone()),
-    }
-}
-
-/// The first `max` characters of `s`.
-pub(crate) fn cut_chars(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 
@@ -512,6 +504,12 @@ mod tests {
         s.max_tag_length = 0;
         b.add_timed(&rec(true, 0), 0, 1, &s);
         assert_eq!(b.error_samples[1].tag, None);
+        // Counted in UTF-16 units, as the server's column is: 😀 is two.
+        s.max_tag_length = 3;
+        let mut r = rec(true, 0);
+        r.span.extra_mut().tag = Some("a😀b😀".into());
+        b.add_timed(&r, 0, 1, &s);
+        assert_eq!(b.error_samples[2].tag.as_deref(), Some("a😀"));
     }
 
     #[test]
