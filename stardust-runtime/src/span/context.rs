@@ -10,7 +10,7 @@ use crate::id::{ParentId, SpanId, TraceId};
 use crate::propagation::seam::{self, CaptureView, InjectView};
 use crate::propagation::{self, Extractor, Injector};
 use crate::span::guard::SpanGuard;
-use crate::span::local::{self, Origin, Stack, with_local};
+use crate::span::local::{self, Origin, Stack, with_current, with_local};
 use crate::span::record::{Extra, FLAG_CAPTURED, Name, OpenSpan, SpanKind};
 use crate::state;
 
@@ -23,7 +23,15 @@ impl SpanContext {
     /// entries from `sw8-correlation`). Invalid headers are ignored: `None` means "start a new
     /// trace".
     pub fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
-        let mut extracted = match seam::installed() {
+        SpanContext::extract_using(seam::installed().as_deref(), headers)
+    }
+
+    /// [`SpanContext::extract`] with `propagator` as the installed one.
+    pub(crate) fn extract_using(
+        propagator: Option<&dyn seam::Propagator>,
+        headers: &(impl Extractor + ?Sized),
+    ) -> Option<SpanContext> {
+        let mut extracted = match propagator {
             Some(p) => p.extract(&headers),
             None => seam::Extracted::default(),
         };
@@ -398,6 +406,15 @@ pub fn exit_span(name: impl Into<Cow<'static, str>>, peer: &str) -> SpanGuard {
 }
 
 /// The id of the thread's current span (for an attached context: the span it continues).
+///
+/// A plain read: unlike [`capture`], it builds no context and leaves the span as it is.
 pub fn current_span_id() -> Option<SpanId> {
-    capture().and_then(|c| c.span_id())
+    with_current(|s| {
+        SpanId::from_u64(if s.is_context_frame() {
+            s.parent
+        } else {
+            s.span_id
+        })
+    })
+    .flatten()
 }

@@ -493,7 +493,6 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::flags::FLAGS_PROPAGATED;
     use crate::span::context::SpanContext;
 
     fn propagator() -> Sw8Propagator {
@@ -507,17 +506,7 @@ mod tests {
 
     /// `SpanContext::extract` with this propagator installed.
     fn extract(headers: &(impl Extractor + ?Sized)) -> Option<SpanContext> {
-        let mut e = propagator().extract(&headers);
-        let remote = propagation::extract_with(headers, |_| e.context.take())?;
-        let sampled = if e.sampled { FLAG_SAMPLED } else { 0 };
-        Some(SpanContext {
-            trace_id: remote.trace_id,
-            parent: remote.parent,
-            flags: (remote.flags | sampled) & FLAGS_PROPAGATED,
-            tracestate: remote.tracestate.map(Arc::from),
-            correlation: e.correlation,
-            link: e.link,
-        })
+        SpanContext::extract_using(Some(&propagator()), headers)
     }
 
     fn inject(ctx: &SpanContext, headers: &mut HashMap<String, String>) {
