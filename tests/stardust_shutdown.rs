@@ -264,7 +264,7 @@ fn hung_server_loses_only_what_is_left_and_says_so() {
     assert_eq!(flush_lines.len(), 1, "{flush_lines:?}");
     assert!(
         flush_lines[0].contains(&format!(
-            "1 report (1 period, 4 spans) not delivered yet to {}; kept for retry",
+            "1 report (4 spans) not delivered yet to {}; kept for retry",
             fake.base_url()
         )),
         "{}",
@@ -292,7 +292,7 @@ fn hung_server_loses_only_what_is_left_and_says_so() {
     eprintln!("the loss line: {}", lost[0]);
     assert!(
         lost[0].contains(&format!(
-            "stardust: shutdown deadline passed: 2 reports (2 periods, 9 spans) not delivered to {}; lost",
+            "stardust: shutdown deadline passed: 2 reports (9 spans) not delivered to {}; lost",
             fake.base_url()
         )),
         "{}",

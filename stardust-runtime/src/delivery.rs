@@ -5,16 +5,13 @@ use std::fmt;
 
 use crate::model::TraceModel;
 
-/// What was not delivered by a deadline: reports, the periods they cover and the spans they
-/// count. One reporter sends one report per period, so there `periods == reports`; summed over
-/// several reporters the two can differ.
+/// What was not delivered by a deadline: reports (one per period and reporter) and the spans
+/// they count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Undelivered {
     /// Reports not delivered.
     pub reports: u64,
-    /// Report periods they cover.
-    pub periods: u64,
     /// Spans they count.
     pub spans: u64,
 }
@@ -25,7 +22,6 @@ impl Undelivered {
         let mut u = Undelivered::default();
         for m in models {
             u.reports += 1;
-            u.periods += 1;
             u.spans += m
                 .builders
                 .iter()
@@ -37,16 +33,15 @@ impl Undelivered {
 }
 
 impl fmt::Display for Undelivered {
-    /// `2 reports (2 periods, 1,234,567 spans)`.
+    /// `2 reports (1,234,567 spans)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural = |n: u64, one: &str, many: &str| {
             format!("{} {}", thousands(n), if n == 1 { one } else { many })
         };
         write!(
             f,
-            "{} ({}, {})",
+            "{} ({})",
             plural(self.reports, "report", "reports"),
-            plural(self.periods, "period", "periods"),
             plural(self.spans, "span", "spans")
         )
     }
@@ -83,7 +78,6 @@ impl FlushOutcome {
             (FlushOutcome::TimedOut(a), FlushOutcome::TimedOut(b)) => {
                 FlushOutcome::TimedOut(Undelivered {
                     reports: a.reports + b.reports,
-                    periods: a.periods + b.periods,
                     spans: a.spans + b.spans,
                 })
             }
@@ -99,16 +93,14 @@ mod tests {
     fn undelivered_reads_as_counts() {
         let u = Undelivered {
             reports: 2,
-            periods: 2,
             spans: 1_234_567,
         };
-        assert_eq!(u.to_string(), "2 reports (2 periods, 1,234,567 spans)");
+        assert_eq!(u.to_string(), "2 reports (1,234,567 spans)");
         let one = Undelivered {
             reports: 1,
-            periods: 1,
             spans: 1,
         };
-        assert_eq!(one.to_string(), "1 report (1 period, 1 span)");
+        assert_eq!(one.to_string(), "1 report (1 span)");
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
@@ -123,7 +115,6 @@ mod tests {
             FlushOutcome::TimedOut(one).and(FlushOutcome::TimedOut(u)),
             FlushOutcome::TimedOut(Undelivered {
                 reports: 3,
-                periods: 3,
                 spans: 1_234_568
             })
         );

@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::clock;
 use crate::report::sink::Waker;
 use crate::span::context::entry_span;
+use crate::util::json::{get_ci, get_i64};
 use crate::util::text::cut_utf16;
 
 /// A command handler: the command's argument (empty when it has none) in, the result text
@@ -157,16 +158,7 @@ fn free_memory() -> String {
     unsafe extern "C" {
         fn malloc_trim(pad: usize) -> i32;
     }
-    let rss_kb = || -> Option<u64> {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
+    use crate::util::host::rss_kb;
     let before = rss_kb();
     // SAFETY: glibc's `malloc_trim` takes a plain size, touches only the allocator's own
     // state (under its locks) and may be called from any thread at any time.
@@ -185,14 +177,6 @@ fn free_memory() -> String {
 
 // ---- reading commands ---------------------------------------------------------------------
 
-fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
-}
-
 fn text_of(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::Null => None,
@@ -205,11 +189,7 @@ fn text_of(v: Option<&Value>) -> Option<String> {
 /// not an object or has no usable id.
 pub(crate) fn parse_command(v: &Value) -> Option<Command> {
     let o = v.as_object()?;
-    let id = match get_ci(o, "id")? {
-        Value::Number(n) => n.as_i64()?,
-        Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
+    let id = get_i64(o, "id")?;
     Some(Command {
         id,
         name: text_of(get_ci(o, "command")).unwrap_or_default(),
@@ -789,10 +769,7 @@ fn run_handler(cmd: &Command, handler: &Handler, timeout: Duration) -> Outcome {
         Ok(Ok(text)) => Outcome::Ok(text),
         Ok(Err(text)) => Outcome::Err(text),
         Err(p) => Outcome::Panicked(
-            p.downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "the handler panicked".to_owned()),
+            crate::util::text::panic_text(&*p).unwrap_or_else(|| "the handler panicked".to_owned()),
         ),
     };
     match &outcome {

@@ -31,11 +31,8 @@ fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Some(r),
         Err(p) => {
-            let why = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-text panic".to_owned());
+            let why =
+                crate::util::text::panic_text(&*p).unwrap_or_else(|| "non-text panic".to_owned());
             log::error!("stardust: a reporter panicked in {what} ({why}); it stays installed");
             None
         }
@@ -140,7 +137,6 @@ mod tests {
             self.0.lock().unwrap().push("flush");
             FlushOutcome::TimedOut(Undelivered {
                 reports: 1,
-                periods: 1,
                 spans: 7,
             })
         }
@@ -175,7 +171,6 @@ mod tests {
             reply_rx.recv().unwrap(),
             FlushOutcome::TimedOut(Undelivered {
                 reports: 2,
-                periods: 2,
                 spans: 14
             }),
             "the outcomes of both sinks together"

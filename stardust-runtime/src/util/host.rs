@@ -11,6 +11,23 @@ pub(crate) fn local_ipv4s() -> Vec<Ipv4Addr> {
     parse_fib_trie(&text)
 }
 
+/// The first number of the `key` line (e.g. `VmRSS:`) of a `/proc/<pid>/status` text.
+pub(crate) fn status_value(status: &str, key: &str) -> Option<i64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// This process's resident set, kB (`None` without `/proc`).
+pub(crate) fn rss_kb() -> Option<i64> {
+    status_value(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmRSS:",
+    )
+}
+
 pub(crate) fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     let mut last: Option<Ipv4Addr> = None;

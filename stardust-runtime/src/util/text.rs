@@ -17,6 +17,14 @@ pub(crate) fn cut_utf16(s: &str, max: usize) -> &str {
     s
 }
 
+/// The message of a panic payload (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

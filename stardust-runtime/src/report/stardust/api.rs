@@ -4,9 +4,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::report::failover::{FailoverClient, HttpError, Request};
+use crate::util::json::get_ci;
 
 pub(crate) use crate::report::failover::MIN_CALL_TIME;
 
@@ -56,6 +57,7 @@ impl CallError {
     }
 }
 
+#[derive(Clone, Copy)]
 pub(crate) enum Body<'a> {
     None,
     Json(&'a [u8]),
@@ -99,7 +101,6 @@ impl Api {
     /// business errors), within `timeout` per attempt and `deadline` overall.
     pub(crate) fn call(
         &mut self,
-        post: bool,
         path: &str,
         body: Body<'_>,
         timeout: Duration,
@@ -109,7 +110,6 @@ impl Api {
         let body = match body {
             Body::Gzip(bytes) => Some((bytes, "application/x-gzip")),
             Body::Json(bytes) => Some((bytes, "application/json")),
-            Body::None if post => Some((&b"{}"[..], "application/json")),
             Body::None => None,
         };
         let reply = self
@@ -139,32 +139,6 @@ pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     );
     enc.write_all(bytes).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
-}
-
-/// The value under `key`, matching the key ignoring ASCII case.
-pub(crate) fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
-}
-
-/// A number field: JSON number or numeric string.
-pub(crate) fn get_i64(obj: &Map<String, Value>, key: &str) -> Option<i64> {
-    match get_ci(obj, key)? {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A non-empty string field.
-pub(crate) fn get_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    match get_ci(obj, key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// Reads `{code, data, message}`: success is code 0 or 200 (or `true`, or no code at all);
@@ -218,6 +192,7 @@ pub(crate) fn parse_envelope(bytes: &[u8]) -> Result<Value, CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::json::{get_i64, get_str};
 
     fn data(s: &str) -> Value {
         parse_envelope(s.as_bytes()).unwrap()

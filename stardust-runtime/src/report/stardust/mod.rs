@@ -23,7 +23,8 @@ use crate::settings::{SETTINGS, Settings};
 use crate::util::diag;
 use crate::util::text::cut_utf16;
 
-use api::{Api, Body, CallError, Transport, get_ci, get_i64, get_str};
+use crate::util::json::{get_ci, get_i64, get_str};
+use api::{Api, Body, CallError, Transport};
 
 /// Most reports kept for retry (two days of one-minute periods, as the .NET client).
 pub(crate) const MAX_QUEUE: usize = 2880;
@@ -214,7 +215,6 @@ impl StardustSink {
         }
         let bytes = serde_json::to_vec(&body).expect("JSON of plain values");
         let data = self.api.call(
-            true,
             "/App/Login",
             Body::Json(&bytes),
             self.request_timeout,
@@ -276,25 +276,11 @@ impl StardustSink {
     /// A call that needs the token: on code 401, log in again once and retry once.
     fn authed(
         &mut self,
-        post: bool,
         path: &str,
-        body: &[u8],
-        gzip: bool,
+        body: Body<'_>,
         deadline: Option<Instant>,
     ) -> Result<Value, CallError> {
-        let body_of = |b| {
-            if gzip {
-                Body::Gzip(b)
-            } else if post {
-                Body::Json(b)
-            } else {
-                Body::None
-            }
-        };
-        match self
-            .api
-            .call(post, path, body_of(body), self.request_timeout, deadline)
-        {
+        match self.api.call(path, body, self.request_timeout, deadline) {
             Err(CallError::Business { code: 401, message }) => {
                 log::info!("stardust: {path} answered 401 ({message}); logging in again");
                 self.logged_in = false;
@@ -303,8 +289,7 @@ impl StardustSink {
                     self.login_failed();
                     return Err(CallError::Transport(Transport::LoginFailed(Box::new(e))));
                 }
-                self.api
-                    .call(post, path, body_of(body), self.request_timeout, deadline)
+                self.api.call(path, body, self.request_timeout, deadline)
             }
             other => other,
         }
@@ -316,7 +301,7 @@ impl StardustSink {
             .proc
             .sample(self.version.as_deref(), &self.ips, clock::unix_ms_now());
         let body = serde_json::to_vec(&info).expect("JSON of plain values");
-        match self.authed(true, "/App/Ping", &body, false, None) {
+        match self.authed("/App/Ping", Body::Json(&body), None) {
             Ok(data) => {
                 let empty = Map::new();
                 let data = data.as_object().unwrap_or(&empty);
@@ -367,9 +352,9 @@ impl StardustSink {
         let json = serde_json::to_vec(model).expect("TraceModel serialises");
         if json.len() > RAW_THRESHOLD {
             let gz = api::gzip(&json);
-            self.authed(true, "/Trace/ReportRaw", &gz, true, deadline)
+            self.authed("/Trace/ReportRaw", Body::Gzip(&gz), deadline)
         } else {
-            self.authed(true, "/Trace/Report", &json, false, deadline)
+            self.authed("/Trace/Report", Body::Json(&json), deadline)
         }
     }
 
@@ -618,7 +603,7 @@ impl StardustSink {
                 return;
             }
             let body = serde_json::to_vec(&reply.to_json()).expect("JSON of plain values");
-            match self.authed(true, "/App/CommandReply", &body, false, deadline) {
+            match self.authed("/App/CommandReply", Body::Json(&body), deadline) {
                 Ok(data) => {
                     if data == 0 {
                         log::debug!(
@@ -669,7 +654,7 @@ impl StardustSink {
             }
             let batch: Vec<Value> = self.event_batch.iter().map(Event::to_json).collect();
             let body = serde_json::to_vec(&batch).expect("JSON of plain values");
-            match self.authed(true, "/App/PostEvents", &body, false, Some(deadline)) {
+            match self.authed("/App/PostEvents", Body::Json(&body), Some(deadline)) {
                 Ok(_) => {}
                 Err(e) if refused_for_good(&e) => diag::report(
                     log::Level::Error,
@@ -709,7 +694,6 @@ impl StardustSink {
         }
         let bound = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
         match self.api.call(
-            false,
             "/App/Logout?reason=Dispose",
             Body::None,
             Duration::from_secs(1),

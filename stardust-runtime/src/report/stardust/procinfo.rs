@@ -12,6 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::COLUMN;
+use crate::util::host::status_value;
 use crate::util::text::cut_utf16;
 
 /// The ping body. Field names as the .NET client writes them; `None` fields are left out.
@@ -124,22 +125,14 @@ impl ProcSampler {
             start_time: start_time_ms().or_else(|| Some(first_start_ms())),
             processor_time: cpu,
             cpu_usage,
-            working_set: status_kb(&status, "VmRSS:").map(|kb| kb * 1024),
-            threads: status_kb(&status, "Threads:").map(|n| n as i32),
+            working_set: status_value(&status, "VmRSS:").map(|kb| kb * 1024),
+            threads: status_value(&status, "Threads:").map(|n| n as i32),
             handles: std::fs::read_dir("/proc/self/fd")
                 .ok()
                 .map(|d| d.count() as i32),
             time,
         }
     }
-}
-
-fn status_kb(status: &str, key: &str) -> Option<i64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Fields of `/proc/self/stat` after the `(comm)` field, which may contain spaces.
