@@ -231,3 +231,41 @@ fn the_counter_sees_a_span_named_at_run_time_allocate() {
     );
     drop(guard);
 }
+
+/// Attaching a captured context (what `wrap_fn` and `in_scope` do for each task of a thread
+/// pool) and tracing under it allocate nothing when the context carries only a trace and a
+/// parent.
+#[test]
+fn attaching_a_plain_context_does_not_allocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = Totals::default();
+    let guard =
+        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    warm_up(sync_trace);
+    let ctx = {
+        let _root = stardust_runtime::span("zero-alloc/root");
+        stardust_runtime::capture().expect("a current span")
+    };
+    // Warm the path (the thread's stack may grow once).
+    {
+        let _attached = ctx.attach();
+        child(0);
+    }
+    assert!(stardust_runtime::flush().is_ok());
+    let before = totals.of("zero-alloc/child");
+    const TASKS: u64 = 100;
+    let n = allocations_in(|| {
+        for i in 0..TASKS {
+            let _attached = ctx.attach();
+            std::hint::black_box(child(i));
+        }
+    });
+    assert!(stardust_runtime::flush().is_ok());
+    assert_eq!(
+        totals.of("zero-alloc/child") - before,
+        TASKS,
+        "the spans measured were recorded"
+    );
+    assert_eq!(n, 0, "{n} allocations for {TASKS} attached tasks");
+    drop(guard);
+}

@@ -107,19 +107,30 @@ impl SpanContext {
     /// Makes this context the parent of the spans opened on this thread until the returned
     /// guard is dropped. Attaching records no span of its own.
     pub fn attach(&self) -> AttachGuard {
-        let id = crate::id::random_u64();
         let (parent, remote_parent) = self.parent.split();
-        let extra = Some(Box::new(Extra {
-            remote_parent,
-            tracestate: self.tracestate.clone(),
-            correlation: self.correlation.clone(),
-            link: self.link.clone(),
-            ..Default::default()
-        }));
-        let frame = OpenSpan::context_frame(id, self.trace_id.clone(), parent, self.flags, extra);
-        let pushed = with_local(|local| local.stack.push(frame)).is_some();
+        // Most contexts carry nothing beyond the trace and parent: then no allocation.
+        let extra = (remote_parent.is_some()
+            || self.tracestate.is_some()
+            || self.correlation.is_some()
+            || self.link.is_some())
+        .then(|| {
+            Box::new(Extra {
+                remote_parent,
+                tracestate: self.tracestate.clone(),
+                correlation: self.correlation.clone(),
+                link: self.link.clone(),
+                ..Default::default()
+            })
+        });
+        let id = with_local(|local| {
+            let id = local.next_id();
+            let frame =
+                OpenSpan::context_frame(id, self.trace_id.clone(), parent, self.flags, extra);
+            local.stack.push(frame);
+            id
+        });
         AttachGuard {
-            id: if pushed { id } else { 0 },
+            id: id.unwrap_or(0),
             _not_send: PhantomData,
         }
     }

@@ -160,16 +160,7 @@ impl<F: Future> Future for Instrumented<F> {
                 // The span starts now, directly on the thread's stack.
                 let callsite = *this.callsite;
                 let pushed = if state::enabled() {
-                    with_local(|local| {
-                        if local.is_suppressed() {
-                            return None;
-                        }
-                        let own = local.callsite_span(callsite);
-                        let id = own.span_id;
-                        local.stack.push(own);
-                        Some(id)
-                    })
-                    .flatten()
+                    with_local(|local| local.enter(callsite)).filter(|&id| id != 0)
                 } else {
                     None
                 };

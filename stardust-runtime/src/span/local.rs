@@ -93,14 +93,14 @@ impl Local {
         }
     }
 
+    /// A new span id from this thread's generator.
+    pub(crate) fn next_id(&self) -> u64 {
+        crate::id::next_u64(&self.rng)
+    }
+
     pub(crate) fn flush(&mut self) {
         let generation = self.batch_generation;
         self.sender.send(&mut self.batch, generation);
-    }
-
-    /// True on the runtime's own threads, which record nothing.
-    pub(crate) fn is_suppressed(&self) -> bool {
-        self.suppressed
     }
 
     /// Builds a span that starts now as a child of `origin` (see [`new_span`]).
@@ -116,7 +116,9 @@ impl Local {
     }
 
     /// Opens a span of the `#[trace]` callsite `cs` as the thread's current span; returns its
-    /// id (0 on a runtime thread). [`Local::callsite_span`], built in place on the stack.
+    /// id (0 on a runtime thread). A child of a span that has nothing to pass on but its trace
+    /// and flags (the common case) is built in place on the stack; any other through
+    /// [`new_span`].
     #[inline]
     pub(crate) fn enter(&mut self, cs: &'static Callsite) -> u64 {
         if self.suppressed {
@@ -127,7 +129,12 @@ impl Local {
             .top()
             .filter(|top| top.flags & FLAG_CONTEXT == 0 && top.extra.is_none())
         else {
-            let span = self.callsite_span(cs);
+            let span = self.new_span(
+                Name::Static(cs.name),
+                Origin::Current,
+                Some(cs),
+                SpanKind::Local,
+            );
             let id = span.span_id;
             self.stack.spans.push(span);
             return id;
@@ -158,40 +165,6 @@ impl Local {
         // initialised it.
         unsafe { spans.set_len(len + 1) };
         span_id
-    }
-
-    /// A span of callsite `cs` that starts now as a child of the current span (or as the root
-    /// of a new trace), without making it current. [`new_span`] with a shortcut for the
-    /// common case: a child of a span that has nothing to pass on but its trace and flags.
-    #[inline]
-    pub(crate) fn callsite_span(&self, cs: &'static Callsite) -> OpenSpan {
-        match self.stack.top() {
-            Some(top) if top.flags & FLAG_CONTEXT == 0 && top.extra.is_none() => {
-                let span_id = crate::id::next_u64(&self.rng);
-                let flags = child_flags(top.flags, cs);
-                OpenSpan {
-                    name: Name::Static(cs.name),
-                    trace: top.trace.clone(),
-                    span_id,
-                    parent: top.span_id,
-                    local_root: top.local_root,
-                    start: clock::now(),
-                    value: 0,
-                    flags,
-                    kind: SpanKind::Local,
-                    slot: cs.slot().unwrap_or(0),
-                    extra: None,
-                }
-            }
-            _ => new_span(
-                &self.stack,
-                &self.rng,
-                Name::Static(cs.name),
-                Origin::Current,
-                Some(cs),
-                SpanKind::Local,
-            ),
-        }
     }
 
     /// Builds a local span that is a child of the open span (or frame) `id` wherever it is on
