@@ -304,22 +304,23 @@ impl Aggregator {
     /// its builder as a sample when it is a candidate.
     fn add(&mut self, record: SpanRecord, settings: &Snapshot) {
         let t = record.tally;
-        // An abandoned span's marker is not counted; its children's samples are re-parented
-        // to its parent at the cut (the rule SkyWalking segments follow too).
-        if record.span.flags & crate::span::record::FLAG_ABANDONED != 0 {
-            if self.abandoned.len() < MAX_ABANDONED {
-                self.abandoned
-                    .insert(record.span.span_id, record.span.parent);
-            }
-            return;
-        }
-        if t.kind == RecordKind::TapOnly {
+        // An abandoned span's marker (a tap record) is not counted; its children's samples are
+        // re-parented to its parent at the cut (the rule SkyWalking segments follow too).
+        let abandoned = record.span.flags & crate::span::record::FLAG_ABANDONED != 0;
+        if t.kind == RecordKind::TapOnly && !abandoned {
             return;
         }
         let ahead = t.epoch.wrapping_sub(self.epoch) as i32;
         if ahead > 0 {
             // Swept while a cut is under way: the next period's.
             self.next.push(record);
+            return;
+        }
+        if abandoned {
+            if self.abandoned.len() < MAX_ABANDONED {
+                self.abandoned
+                    .insert(record.span.span_id, record.span.parent);
+            }
             return;
         }
         if ahead < 0 && t.kind == RecordKind::Candidate {
@@ -557,12 +558,13 @@ impl Aggregator {
         if self.static_names.len() > MAX_BUILDERS {
             self.static_names.clear();
         }
-        // Records of the new period swept during the cut.
+        // This period's abandoned spans re-parent its samples; then the records of the new
+        // period swept during the cut (their markers are the new period's).
+        self.reparent(&mut builders);
         let settings = SETTINGS.snapshot();
         for record in std::mem::take(&mut self.next) {
             self.add(record, &settings);
         }
-        self.reparent(&mut builders);
         if builders.is_empty() {
             return None;
         }
