@@ -174,10 +174,9 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             .map(|r| Box::new(UserReporter(r)) as Box<dyn Sink>),
     );
 
-    // Taps that assemble span trees (SkyWalking) want spans' structured attributes.
+    // Taps that assemble span trees (SkyWalking) want every span, with its attributes.
     let generation = state::begin(
         handoff_capacity.div_ceil(BATCH_CAPACITY) * BATCH_CAPACITY,
-        !taps.is_empty(),
         !taps.is_empty(),
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);

@@ -13,11 +13,10 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Records one thread's mailbox holds before spans are dropped.
 static MAILBOX_CAPACITY: AtomicUsize = AtomicUsize::new(64 * 1024);
-/// Whether spans keep structured attributes (a reporter that uses them is running).
-static ATTRIBUTES: AtomicBool = AtomicBool::new(false);
-/// Whether every finished span travels to the aggregator as a record (a tap needs them all),
-/// not only those that may become samples.
-static ALL_RECORDS: AtomicBool = AtomicBool::new(false);
+/// Whether a tap that assembles span trees runs (the SkyWalking reporter): then every
+/// finished span travels to the aggregator as a record, not only those that may become
+/// samples, and spans keep their structured attributes.
+static TAPPED: AtomicBool = AtomicBool::new(false);
 /// Current period number; the aggregator advances it at every cut.
 static EPOCH: AtomicU32 = AtomicU32::new(1);
 /// Whether errors also count under `ex:<Type>`.
@@ -59,16 +58,11 @@ pub(crate) fn mailbox_capacity() -> usize {
     MAILBOX_CAPACITY.load(Ordering::Relaxed)
 }
 
-/// True while a reporter that uses structured span attributes runs (SkyWalking).
+/// True while a tap wants every finished span as a record, with its structured attributes
+/// (see [`TAPPED`] and `span::local`).
 #[inline]
-pub(crate) fn attributes_wanted() -> bool {
-    ATTRIBUTES.load(Ordering::Relaxed)
-}
-
-/// True while every finished span must travel as a record (see `span::local`).
-#[inline]
-pub(crate) fn all_records() -> bool {
-    ALL_RECORDS.load(Ordering::Relaxed)
+pub(crate) fn tapped() -> bool {
+    TAPPED.load(Ordering::Relaxed)
 }
 
 /// The current period's number.
@@ -85,10 +79,9 @@ pub(crate) fn advance_epoch() {
 /// Starts a new runtime generation with these settings; returns the generation. Spans are
 /// recorded only once [`enable`] is called. A new period starts too, so that nothing counted
 /// after an earlier runtime stopped is reported by this one.
-pub(crate) fn begin(mailbox_capacity: usize, attributes: bool, all_records: bool) -> u64 {
+pub(crate) fn begin(mailbox_capacity: usize, tapped: bool) -> u64 {
     MAILBOX_CAPACITY.store(mailbox_capacity, Ordering::Relaxed);
-    ATTRIBUTES.store(attributes, Ordering::Relaxed);
-    ALL_RECORDS.store(all_records, Ordering::Relaxed);
+    TAPPED.store(tapped, Ordering::Relaxed);
     advance_epoch();
     GENERATION.fetch_add(1, Ordering::AcqRel) + 1
 }
@@ -101,6 +94,5 @@ pub(crate) fn enable() {
 /// Spans are no longer recorded (shutdown).
 pub(crate) fn disable() {
     ENABLED.store(false, Ordering::Release);
-    ATTRIBUTES.store(false, Ordering::Release);
-    ALL_RECORDS.store(false, Ordering::Release);
+    TAPPED.store(false, Ordering::Release);
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use crate::integrations::route::template_segment;
+use crate::integrations::route::template_first;
 use crate::propagation::Extractor;
 use crate::span::context::entry_span;
 use crate::span::guard::SpanGuard;
@@ -33,15 +33,7 @@ static DEFAULT_NAMES: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 /// Bounded: after 256 distinct names in a process, requests of further ones are named
 /// `/{other}`. Prefer naming requests after their route, with [`with_route`].
 pub fn incoming_name(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let mut name = String::new();
-    for seg in path.split('/').filter(|s| !s.is_empty()).take(2) {
-        name.push('/');
-        name.push_str(template_segment(seg));
-    }
-    if name.is_empty() {
-        name.push('/');
-    }
+    let name = template_first(path, 2);
     let mut names = DEFAULT_NAMES.lock().unwrap_or_else(|e| e.into_inner());
     admit(
         names.get_or_insert_with(HashSet::new),

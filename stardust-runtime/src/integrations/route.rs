@@ -64,9 +64,14 @@ pub(crate) fn template_segment(seg: &str) -> &str {
 /// assert_eq!(template_path("/v1/users/me"), "/v1/users/me");
 /// ```
 pub fn template_path(path: &str) -> String {
+    template_first(path, usize::MAX)
+}
+
+/// [`template_path`] of the first `segments` segments of `path`.
+pub(crate) fn template_first(path: &str, segments: usize) -> String {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let mut out = String::with_capacity(path.len());
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
+    for seg in path.split('/').filter(|s| !s.is_empty()).take(segments) {
         out.push('/');
         out.push_str(template_segment(seg));
     }

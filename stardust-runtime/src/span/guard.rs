@@ -43,7 +43,7 @@ impl SpanGuard {
 
     /// Adds a structured attribute, kept only when a reporter uses them (SkyWalking).
     pub(crate) fn add_attr(&mut self, key: &'static str, value: impl FnOnce() -> String) {
-        if self.id != 0 && state::attributes_wanted() {
+        if self.id != 0 && state::tapped() {
             let value = value();
             with_span(self.id, |s| s.extra_mut().attrs.push((key, value)));
         }

@@ -84,7 +84,7 @@ impl Local {
         }
         let end = record.end;
         self.batch.push(record);
-        if !state::all_records()
+        if !state::tapped()
             || self.stack.top().is_none_or(OpenSpan::is_context_frame)
             || self.batch.len() >= BATCH_CAPACITY
             || end.saturating_sub(self.batch_started) > clock::batch_age_limit()
@@ -433,7 +433,7 @@ fn count(tally: &mut LocalTally, span: &OpenSpan, end: u64) -> Option<RecordTall
     let cost = end_ms - start_ms;
     if cost > MAX_COST_MS {
         // Not counted, not sampled; a tap still sees it.
-        return state::all_records().then(|| RecordTally {
+        return state::tapped().then(|| RecordTally {
             kind: RecordKind::TapOnly,
             ..RecordTally::count(epoch, start_ms, end_ms)
         });
@@ -452,7 +452,7 @@ fn count(tally: &mut LocalTally, span: &OpenSpan, end: u64) -> Option<RecordTall
     let (total, errors) = tally.add(span.slot, epoch, &counts);
     let kind = if may_sample(total, errors, error, span.is_sampled(), cost) {
         RecordKind::Candidate
-    } else if state::all_records() {
+    } else if state::tapped() {
         RecordKind::TapOnly
     } else {
         return None;
@@ -578,7 +578,7 @@ fn new_span(
         flags |= FLAG_SAMPLED;
     }
     // The span's position within its local root, counted only while taps want records.
-    let (position, opened) = if !crate::state::attributes_wanted() {
+    let (position, opened) = if !crate::state::tapped() {
         (0, None)
     } else if local_root == span_id {
         (0, Some(Arc::new(AtomicU32::new(1))))

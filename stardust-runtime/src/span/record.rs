@@ -67,7 +67,7 @@ pub(crate) struct Extra {
     pub attrs: Vec<(&'static str, String)>,
     /// The span's position within its local root: 0 for the root, then 1, 2, … in the order
     /// the root's spans open, on whatever thread. Counted only while taps want records
-    /// (`state::attributes_wanted`).
+    /// (`state::tapped`).
     pub position: u32,
     /// How many spans have opened under the span's local root so far (the next position);
     /// shared by the root's spans. Set only while taps want records.
