@@ -55,6 +55,7 @@ use crate::collect::aggregator::Tap;
 use crate::span::record::{
     FLAG_ABANDONED, FLAG_CAPTURED, FLAG_EXCEPTION, FLAG_LOCAL_ROOT, SpanKind, SpanRecord,
 };
+use crate::util::hash::FxBuild;
 
 use super::model::{KeyValue, Log, SegmentObject, SegmentReference, SpanObject};
 use super::reporter::Ctl;
@@ -136,7 +137,7 @@ impl Pending {
 pub(crate) struct Assembler {
     identity: Arc<Identity>,
     /// Waiting segments, by their root's span id.
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<u64, Pending, FxBuild>,
     pending_spans: usize,
     tx: Sender<SegmentObject>,
     ctl: Sender<Ctl>,
@@ -152,7 +153,7 @@ impl Assembler {
     ) -> Assembler {
         Assembler {
             identity,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             pending_spans: 0,
             tx,
             ctl,
@@ -281,18 +282,16 @@ impl Tap for Assembler {
         let extra = s.extra.as_deref();
         let opened = extra.and_then(|e| e.opened.as_ref());
         let now = Instant::now();
+        let known = self.pending.contains_key(&root);
         // A root whose segment has no other span.
-        if is_root
-            && !self.pending.contains_key(&root)
-            && opened.is_none_or(|c| c.load(Ordering::Acquire) <= 1)
-        {
+        if is_root && !known && opened.is_none_or(|c| c.load(Ordering::Acquire) <= 1) {
             if !abandoned {
                 let node = node(record, true);
                 self.emit(root, vec![node], &head_of(record, now), false);
             }
             return;
         }
-        if !self.pending.contains_key(&root) && self.pending.len() >= MAX_PENDING_SEGMENTS {
+        if !known && self.pending.len() >= MAX_PENDING_SEGMENTS {
             count_limited(&self.stats);
             if is_root && !abandoned {
                 self.stats.incomplete.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +396,7 @@ fn assemble(
             None => Vec::new(),
         };
     }
-    let index: HashMap<u64, usize> = nodes
+    let index: HashMap<u64, usize, FxBuild> = nodes
         .iter()
         .enumerate()
         .map(|(i, node)| (node.span_id, i))

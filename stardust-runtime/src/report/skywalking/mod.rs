@@ -402,7 +402,7 @@ impl Propagator for Sw8Propagator {
     /// Writes `sw8` (when the context names a segment and a peer address) and
     /// `sw8-correlation` (when there are entries), never overwriting a header already set.
     fn inject(&self, view: &InjectView<'_>, headers: &mut dyn Injector) {
-        let r = view.link.and_then(|l| l.as_any().downcast_ref::<SwRef>());
+        let r = SwRef::of(view.link);
         if let Some(r) = r {
             if !headers.contains(SW8) {
                 let value = Sw8 {
@@ -437,9 +437,7 @@ impl Propagator for Sw8Propagator {
     /// exit span's peer, what `sw8` sends to a callee).
     fn capture(&self, v: &CaptureView<'_>) -> Option<LinkRef> {
         // The segment's SkyWalking trace id: the one received in `sw8`, if any.
-        let trace_id = v
-            .local_root_link
-            .and_then(|l| l.as_any().downcast_ref::<SwRef>())
+        let trace_id = SwRef::of(v.local_root_link)
             .map(|r| r.trace_id.clone())
             .unwrap_or_else(|| Arc::from(v.trace.to_string()));
         Some(Arc::new(SwRef {
@@ -518,9 +516,7 @@ mod tests {
     }
 
     fn sw(ctx: &SpanContext) -> Option<&SwRef> {
-        ctx.link
-            .as_deref()
-            .and_then(|l| l.as_any().downcast_ref::<SwRef>())
+        SwRef::of(ctx.link.as_ref())
     }
 
     #[test]
