@@ -63,9 +63,11 @@ fn a_logger_that_opens_spans_does_not_deadlock_the_aggregator() {
 #[test]
 fn huge_durations_in_config_do_not_panic() {
     let _serial = common::serial();
+    let (capture, rx) = common::capture();
     let guard = stardust_runtime::init_with(
         Config::new()
             .console(false)
+            .reporter(capture)
             .shutdown_timeout(Duration::MAX)
             .first_report_delay(Duration::MAX)
             .request_timeout(Duration::MAX)
@@ -75,5 +77,20 @@ fn huge_durations_in_config_do_not_panic() {
     .unwrap();
     drop(stardust_runtime::span("x"));
     assert!(guard.flush().is_ok());
+    // The span was counted, and shutting down with nothing left to send does not wait for
+    // the (unbounded) shutdown budget.
+    let total: u64 = common::drain(&rx)
+        .iter()
+        .flat_map(|m| &m.builders)
+        .filter(|b| b.name == "x")
+        .map(|b| b.total as u64)
+        .sum();
+    assert_eq!(total, 1, "the span made under huge settings is counted");
+    let t = std::time::Instant::now();
     drop(guard);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
 }

@@ -441,6 +441,8 @@ fn sampling_decisions_cross_protocols() {
         "{:?}",
         seen[1]
     );
+    // Our sw8 always says sample 1: our segments are always reported (docs/skywalking.md).
+    assert!(header(&seen[1], "sw8").starts_with("1-"), "{:?}", seen[1]);
     assert!(
         header(&seen[2], "traceparent").ends_with("-01"),
         "{:?}",
