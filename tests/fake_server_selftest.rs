@@ -1,10 +1,11 @@
 //! Self-test of the fake Stardust server, through real HTTP over loopback.
 
 use stardust_test_support as support;
+use stardust_test_support::common;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::fake_stardust::*;
@@ -127,17 +128,10 @@ fn post_json(fake: &FakeStardust, path: &str, headers: &[(&str, &str)], v: &Valu
     http(fake, "POST", path, &h, v.to_string().as_bytes()).expect("http")
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 const CID: &str = "127.0.0.1@4242";
 
 fn login_body(app: &str, secret: Option<String>) -> Value {
-    json!({"AppId": app, "Code": app, "ClientId": CID, "AppName": "Test App", "Version": "0.1.0", "Time": now_ms(), "IP": "127.0.0.1", "Secret": secret})
+    json!({"AppId": app, "Code": app, "ClientId": CID, "AppName": "Test App", "Version": "0.1.0", "Time": common::now_ms(), "IP": "127.0.0.1", "Secret": secret})
 }
 
 fn login_token(fake: &FakeStardust, app: &str, secret: &str) -> String {
@@ -145,7 +139,7 @@ fn login_token(fake: &FakeStardust, app: &str, secret: &str) -> String {
         fake,
         "/App/Login",
         &[],
-        &login_body(app, Some(salted_secret(secret, now_ms() / 1000))),
+        &login_body(app, Some(salted_secret(secret, common::now_ms() / 1000))),
     );
     let j = r.json();
     assert_eq!(j["code"], 0, "{j}");
@@ -185,12 +179,15 @@ fn login_salted_secret_ok() {
     let fake = FakeStardust::builder()
         .app("App1", Some("s3cret-value"))
         .start();
-    let t0 = now_ms();
+    let t0 = common::now_ms();
     let r = post_json(
         &fake,
         "/app/LOGIN",
         &[],
-        &login_body("App1", Some(salted_secret("s3cret-value", now_ms() / 1000))),
+        &login_body(
+            "App1",
+            Some(salted_secret("s3cret-value", common::now_ms() / 1000)),
+        ),
     );
     assert_eq!(r.status, 200);
     let j = r.json();
@@ -228,7 +225,7 @@ fn login_secret_forms_and_wrong_secret_modes() {
         &fake,
         "/App/Login",
         &[],
-        &login_body("App1", Some(salted_secret("nope", now_ms() / 1000))),
+        &login_body("App1", Some(salted_secret("nope", common::now_ms() / 1000))),
     )
     .json();
     assert_eq!(j["code"], 401, "{j}");
@@ -240,7 +237,7 @@ fn login_secret_forms_and_wrong_secret_modes() {
         &[],
         &login_body(
             "App1",
-            Some(salted_secret("s3cret-value", now_ms() / 1000 - 700)),
+            Some(salted_secret("s3cret-value", common::now_ms() / 1000 - 700)),
         ),
     )
     .json();
@@ -297,7 +294,7 @@ fn login_secret_forms_and_wrong_secret_modes() {
         &fake,
         "/App/Login",
         &[],
-        &login_body("App1", Some(salted_secret("nope", now_ms() / 1000))),
+        &login_body("App1", Some(salted_secret("nope", common::now_ms() / 1000))),
     )
     .json();
     assert_eq!(j["code"], 0, "{j}");
@@ -325,7 +322,10 @@ fn login_auto_register_disabled_and_bad_body() {
         &fake,
         "/App/Login",
         &[],
-        &login_body("NewApp", Some(salted_secret(&secret, now_ms() / 1000))),
+        &login_body(
+            "NewApp",
+            Some(salted_secret(&secret, common::now_ms() / 1000)),
+        ),
     )
     .json();
     assert_eq!(
@@ -564,7 +564,7 @@ fn report_content_type_binding_and_response() {
             ..Default::default()
         })
         .start();
-    let now = now_ms();
+    let now = common::now_ms();
     let body = model(vec![builder("/a", now, 2, 1)]).to_string();
     let r = http(
         &fake,
@@ -674,7 +674,7 @@ fn report_content_type_binding_and_response() {
 #[test]
 fn report_raw_gzip_round_trip() {
     let fake = FakeStardust::start();
-    let now = now_ms();
+    let now = common::now_ms();
     let m = model(vec![builder("/gz", now, 7, 2)]);
     let gz = gzip(m.to_string().as_bytes());
     let r = http(
@@ -753,7 +753,7 @@ fn report_raw_gzip_round_trip() {
 #[test]
 fn builder_drop_rules_follow_server_clock() {
     let fake = FakeStardust::start();
-    let now = now_ms();
+    let now = common::now_ms();
     let day = 86_400_000;
     let long = "/".to_string() + &"x".repeat(200);
     let bs = vec![
@@ -786,7 +786,7 @@ fn builder_drop_rules_follow_server_clock() {
         "/Trace/Report",
         &[],
         &model(vec![
-            builder("/local-now", now_ms(), 1, 0),
+            builder("/local-now", common::now_ms(), 1, 0),
             builder("/server-now", fake.server_now_ms(), 1, 0),
         ]),
     );
@@ -797,7 +797,7 @@ fn builder_drop_rules_follow_server_clock() {
 #[test]
 fn violations_are_recorded() {
     let fake = FakeStardust::start();
-    let now = now_ms();
+    let now = common::now_ms();
     let mut b = builder("/bad", now, 2, 3); // errors > total
     b["MinCost"] = json!(50); // > MaxCost 10
     b["MaxCost"] = json!(60); // > Cost 20 → both mincost? MinCost 50 ≤ 60; MaxCost 60 > Cost 20
@@ -856,10 +856,10 @@ fn violations_are_recorded() {
             ..Default::default()
         })
         .start();
-    let mut ok = builder("/ok", now_ms(), 20, 0);
+    let mut ok = builder("/ok", common::now_ms(), 20, 0);
     ok["Samples"] = json!(
         (0..20)
-            .map(|i| span(&format!("{i:016x}"), now_ms(), None))
+            .map(|i| span(&format!("{i:016x}"), common::now_ms(), None))
             .collect::<Vec<_>>()
     );
     post_json(&fake, "/Trace/Report", &[], &model(vec![ok.clone()]));
@@ -883,7 +883,7 @@ fn violations_are_recorded() {
         &fake,
         "/Trace/Report",
         &[],
-        &model(vec![builder("/fine", now_ms(), 1, 0)]),
+        &model(vec![builder("/fine", common::now_ms(), 1, 0)]),
     );
     fake.assert_no_violations();
     assert!(
@@ -893,7 +893,7 @@ fn violations_are_recorded() {
                 &f,
                 "/Trace/Report",
                 &[],
-                &model(vec![builder("/zero", now_ms(), 0, 0)]),
+                &model(vec![builder("/zero", common::now_ms(), 0, 0)]),
             );
             f.assert_no_violations();
         })
@@ -912,7 +912,7 @@ fn fault_status_code_and_garbage() {
     let r = post_json(&fake, "/App/Login", &[], &login_body("App1", None));
     assert_eq!(r.status, 503);
     assert!(fake.logins().is_empty(), "faulted login is not processed");
-    let m = model(vec![builder("/a", now_ms(), 1, 0)]);
+    let m = model(vec![builder("/a", common::now_ms(), 1, 0)]);
     for _ in 0..2 {
         let j = post_json(&fake, "/Trace/Report", &[], &m).json();
         assert_eq!(
@@ -963,7 +963,7 @@ fn fault_dropped_connection_is_an_io_error() {
     );
     // response lost after processing: stored, but the client sees an error
     fake.push_fault(On::Report, Fault::DropAfterProcessing);
-    let body = model(vec![builder("/a", now_ms(), 4, 0)]).to_string();
+    let body = model(vec![builder("/a", common::now_ms(), 4, 0)]).to_string();
     let r = http(
         &fake,
         "POST",
@@ -1082,7 +1082,7 @@ fn keep_alive_chunked_and_expect_continue_through_the_proxy() {
     .unwrap();
     assert_eq!(read_resp(&mut rd).unwrap().json()["code"], 0);
     // chunked body
-    let m = model(vec![builder("/chunked", now_ms(), 1, 0)]).to_string();
+    let m = model(vec![builder("/chunked", common::now_ms(), 1, 0)]).to_string();
     let (a, b) = m.split_at(m.len() / 2);
     let req = format!(
         "POST /Trace/Report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
@@ -1130,10 +1130,10 @@ fn fake_is_send_sync_and_wait_for_times_out() {
 fn app_info(version: &str) -> Value {
     json!({"Id": 4242, "Name": "selftest", "Version": version, "CommandLine": "selftest --x",
         "UserName": "tester", "MachineName": "host1", "IP": "127.0.0.1",
-        "StartTime": now_ms() - 60_000, "ProcessorTime": 1200, "CpuUsage": 0.0125,
+        "StartTime": common::now_ms() - 60_000, "ProcessorTime": 1200, "CpuUsage": 0.0125,
         "WorkingSet": 10_485_760, "HeapSize": 0, "Threads": 7, "WorkerThreads": 0, "IOThreads": 0,
         "AvailableThreads": 0, "PendingItems": 0, "CompletedItems": 0, "Handles": 12,
-        "Connections": 0, "GCCount": 0, "Time": now_ms()})
+        "Connections": 0, "GCCount": 0, "Time": common::now_ms()})
 }
 
 fn authed(fake: &FakeStardust, token: &str, path: &str, v: &Value) -> Resp {
@@ -1265,7 +1265,10 @@ fn app_bodies_bind_like_aspnet() {
         ("Time", json!("soon")),
         ("AppName", json!(1)),
     ] {
-        let mut b = login_body("App1", Some(salted_secret("sec-ret1", now_ms() / 1000)));
+        let mut b = login_body(
+            "App1",
+            Some(salted_secret("sec-ret1", common::now_ms() / 1000)),
+        );
         b[field] = bad;
         let r = post_json(&fake, "/App/Login", &[], &b);
         assert_eq!(r.status, 400, "{field}: {}", r.text());
@@ -1363,7 +1366,7 @@ fn ping_version_is_checked_against_the_app_record() {
         assert_eq!(j["code"], 500, "{bad}: {j}");
     }
     // a build from the last 30 days: no comparison, nothing fails
-    fake.set_app_compile_ms("App1", now_ms() - 86_400_000);
+    fake.set_app_compile_ms("App1", common::now_ms() - 86_400_000);
     let j = authed(&fake, &token, "/App/Ping", &app_info("v9")).json();
     assert_eq!(j["code"], 0, "{j}");
     assert_eq!(
@@ -1429,7 +1432,7 @@ fn strings_over_their_columns_answer_500() {
 fn login_compile_is_recorded_and_checked() {
     let fake = FakeStardust::builder().app("App1", None).start();
     let day = 86_400_000;
-    let build = now_ms() - 3 * day;
+    let build = common::now_ms() - 3 * day;
     let login = |cid: &str, compile: Value, version: &str| {
         let mut b = login_body("App1", None);
         b["ClientId"] = json!(cid);
@@ -1466,8 +1469,8 @@ fn login_compile_is_recorded_and_checked() {
 
     // what a wrong Compile looks like
     login("127.0.0.1@5", json!(build / 1000), "0.3.0"); // seconds
-    login("127.0.0.1@6", json!(now_ms()), "0.3.0"); // "now"
-    login("127.0.0.1@7", json!(now_ms() + day), "0.3.0");
+    login("127.0.0.1@6", json!(common::now_ms()), "0.3.0"); // "now"
+    login("127.0.0.1@7", json!(common::now_ms() + day), "0.3.0");
     login("127.0.0.1@8", json!(100_000_000_000i64), "0.3.0"); // 1973
     login(CID, json!(build - 5000), "0.1.0"); // this process sent another build time before
     assert_eq!(
@@ -1585,7 +1588,7 @@ fn commands_are_delivered_resent_and_cancelled() {
 
     // UTC ("O" with Z) once a login brought a build from 2025 or later
     let mut b = login_body("App1", None);
-    b["Compile"] = json!(now_ms() - 86_400_000);
+    b["Compile"] = json!(common::now_ms() - 86_400_000);
     post_json(&fake, "/App/Login", &[], &b);
     let j = ping(&token);
     assert_eq!(
@@ -1619,7 +1622,10 @@ fn commands_are_delivered_resent_and_cancelled() {
 }
 
 fn login_token_plain(fake: &FakeStardust, app: &str, secret: Option<&str>) -> String {
-    let b = login_body(app, secret.map(|s| salted_secret(s, now_ms() / 1000)));
+    let b = login_body(
+        app,
+        secret.map(|s| salted_secret(s, common::now_ms() / 1000)),
+    );
     let j = post_json(fake, "/App/Login", &[], &b).json();
     j["data"]["token"].as_str().expect("token").to_string()
 }
@@ -1777,7 +1783,7 @@ fn events_are_recorded_and_checked() {
     let fake = FakeStardust::builder().app("App1", None).start();
     let token = login_token_plain(&fake, "App1", None);
     let post = |v: Value| authed(&fake, &token, "/App/PostEvents", &v);
-    let now = now_ms();
+    let now = common::now_ms();
     let j = post(json!([
         {"Time": now, "Type": "info", "Name": "应用启动", "Remark": "pid=1, Name=x, FileName=/bin/x"},
         {"time": now.to_string(), "type": "ERROR", "name": "boom", "remark": null},
@@ -1884,7 +1890,7 @@ fn events_are_recorded_and_checked() {
 #[test]
 fn report_info_binds_and_runs_the_version_check() {
     let fake = FakeStardust::start();
-    let now = now_ms();
+    let now = common::now_ms();
     let mut m = model(vec![builder("/a", now, 1, 0)]);
     m["Info"] = app_info("0.1.0");
     m["Info"]["WorkingSet"] = Value::Null;

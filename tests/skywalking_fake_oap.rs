@@ -4,22 +4,14 @@
 #![cfg(feature = "skywalking")]
 
 use stardust_test_support as support;
-
-use std::time::{SystemTime, UNIX_EPOCH};
+use stardust_test_support::common;
 
 use serde_json::{Value, json};
 use support::fake_oap::{FakeOap, check_segment};
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// the example body of stardust-runtime/docs/skywalking.md §5.5, with current timestamps.
 fn good() -> Value {
-    let t = now_ms() - 1000;
+    let t = common::now_ms() - 1000;
     json!({"traceId":"4bf92f3577b34da6a3ce929d0e0e4736","traceSegmentId":"0b3e4c2f9a1d4e7f8a6b5c4d3e2f1a0b",
       "service":"orders","serviceInstance":"orders@host-1","isSizeLimited":false,
       "spans":[
@@ -91,10 +83,10 @@ fn refuses_what_the_oap_would_misread() {
         ("no span 0", &|v| v["spans"][1]["spanId"] = json!(2)),
         ("two spans 0", &|v| v["spans"][0]["spanId"] = json!(0)),
         ("seconds", &|v| {
-            v["spans"][1]["startTime"] = json!(now_ms() / 1000);
+            v["spans"][1]["startTime"] = json!(common::now_ms() / 1000);
         }),
         ("nanoseconds", &|v| {
-            v["spans"][1]["endTime"] = json!(now_ms() * 1_000_000);
+            v["spans"][1]["endTime"] = json!(common::now_ms() * 1_000_000);
         }),
         ("empty sw8 address", &|v| {
             v["spans"][1]["refs"][0]["networkAddressUsedAtPeer"] = json!("")

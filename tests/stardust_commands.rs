@@ -33,13 +33,6 @@ fn config(fake: &FakeStardust) -> Config {
         .console(false)
 }
 
-fn wait_login(fake: &FakeStardust) {
-    assert!(
-        fake.wait_for(|r| r.logins.iter().any(|l| l.code == 0), WAIT),
-        "a login"
-    );
-}
-
 /// The command once it has a final status (2, 3 or 4).
 fn wait_final(fake: &FakeStardust, id: i64) -> CommandRecord {
     assert!(
@@ -79,7 +72,7 @@ fn a_command_is_answered_once_although_the_server_resends_it() {
         std::thread::sleep(Duration::from_millis(2500));
         Ok(format!("echo {arg}"))
     }));
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let parent = "b7ad6b7169203331";
     let id = fake.send_command_with(
@@ -141,7 +134,7 @@ fn an_unknown_command_gets_status_4_with_the_dotnet_text() {
     let _s = common::serial();
     let fake = fake();
     let guard = stardust_runtime::init_with(config(&fake)).unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let unknown = fake.send_command(APP, "no/such", Some("x"));
     let publish = fake.send_command(APP, "config/publish", None);
     for (id, name) in [(unknown, "no/such"), (publish, "config/publish")] {
@@ -162,7 +155,7 @@ fn free_memory_is_built_in_and_can_be_overridden() {
     let _s = common::serial();
     let fake = fake();
     let guard = stardust_runtime::init_with(config(&fake)).unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let id = fake.send_command(APP, "app/freeMemory", None);
     let c = wait_final(&fake, id);
     assert_eq!(c.status, command_status::DONE);
@@ -175,7 +168,7 @@ fn free_memory_is_built_in_and_can_be_overridden() {
         config(&fake).command("APP/FREEMEMORY", |_: &str| Ok("mine".to_owned())),
     )
     .unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let id = fake.send_command(APP, "app/freeMemory", None);
     assert_eq!(wait_final(&fake, id).result.as_deref(), Some("mine"));
     drop(guard);
@@ -195,7 +188,7 @@ fn handler_errors_and_panics_are_status_4() {
             }),
     )
     .unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let err = fake.send_command(APP, "order/check", Some("42"));
     let crash = fake.send_command(APP, "order/crash", Some("7"));
     let c = wait_final(&fake, err);
@@ -235,7 +228,7 @@ fn an_expired_command_is_cancelled() {
         Ok(a.to_owned())
     }))
     .unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let expire = Some(fake.server_now_ms() + 600_000);
     let opts = CommandOptions {
         expire_ms: expire,
@@ -273,7 +266,7 @@ fn a_scheduled_command_is_answered_processing_then_done() {
         Ok("done".to_owned())
     }))
     .unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     // Whole seconds: the server writes times to the second.
     let start = (fake.server_now_ms() / 1000 + 6) * 1000;
     let id = fake.send_command_with(
@@ -338,7 +331,7 @@ fn a_handler_past_the_time_bound_is_answered_timed_out() {
             .command("quick/op", |_: &str| Ok("quick".to_owned())),
     )
     .unwrap();
-    wait_login(&fake);
+    fake.expect_logins(1, WAIT);
     let slow = fake.send_command(APP, "slow/op", None);
     let quick = fake.send_command(APP, "quick/op", None);
     let c = wait_final(&fake, slow);

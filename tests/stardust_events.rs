@@ -27,13 +27,6 @@ fn config(fake: &FakeStardust) -> Config {
         .console(false)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The bodies of every `/App/PostEvents` request.
 fn batches(fake: &FakeStardust) -> Vec<Vec<Value>> {
     fake.requests()
@@ -70,7 +63,7 @@ fn the_startup_event_and_user_events_arrive_with_their_fields() {
     );
     let events = fake.events();
     assert_eq!(events.len(), 4);
-    let server_now = now_ms() + OFFSET;
+    let server_now = common::now_ms() + OFFSET;
     for e in &events {
         assert!(
             (e.time - server_now).abs() < 5_000,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use stardust_runtime::{Config, Guard, trace};
@@ -67,36 +67,6 @@ fn start(cfg: Config) -> Guard {
     guard
 }
 
-/// Waits until `n` logins succeeded and the client had time to take in the last reply (its
-/// token and the server clock: spans aggregated before that carry local time).
-fn wait_logins(fake: &FakeStardust, n: usize) {
-    let answered = |r: &Recorded| {
-        r.requests
-            .iter()
-            .filter(|q| q.endpoint == Endpoint::Login && matches!(q.response_code(), Some(0 | 200)))
-            .count()
-    };
-    assert!(
-        fake.wait_for(|r| answered(r) >= n, WAIT),
-        "expected {n} successful login(s); got {:#?}",
-        fake.logins()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn expect(rows: &[(&str, u64, u64)]) -> BTreeMap<String, (u64, u64)> {
-    rows.iter()
-        .map(|(n, t, e)| (n.to_string(), (*t, *e)))
-        .collect()
-}
-
 fn wait_totals(fake: &FakeStardust, want: &BTreeMap<String, (u64, u64)>, timeout: Duration) {
     let ok = fake.wait_for(|r| r.totals_by_name() == *want, timeout);
     assert!(
@@ -104,14 +74,6 @@ fn wait_totals(fake: &FakeStardust, want: &BTreeMap<String, (u64, u64)>, timeout
         "server totals {:?} != calls made {want:?}",
         fake.totals_by_name()
     );
-}
-
-fn is_report(r: &RecordedRequest) -> bool {
-    matches!(r.endpoint, Endpoint::Report | Endpoint::ReportRaw)
-}
-
-fn report_requests(fake: &FakeStardust) -> Vec<RecordedRequest> {
-    fake.requests().into_iter().filter(is_report).collect()
 }
 
 /// Builders of a report as the client sent them, by name.
@@ -206,7 +168,7 @@ fn login_body_and_salted_secret() {
     let guard = start(config(&fake).app_name("Proto App"));
     let t0 = Instant::now();
     // Logged in in the background, with no span made.
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     assert!(t0.elapsed() < Duration::from_secs(2));
     let l = &fake.logins()[0];
     assert_eq!(l.code, 0);
@@ -223,7 +185,7 @@ fn login_body_and_salted_secret() {
     let (ip, pid) = client_id.split_once('@').unwrap();
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{client_id}");
     assert_eq!(pid, std::process::id().to_string());
-    assert!((body["Time"].as_i64().unwrap() - now_ms()).abs() < 10_000);
+    assert!((body["Time"].as_i64().unwrap() - common::now_ms()).abs() < 10_000);
     assert!(body["IP"].is_string());
     // `$md5$<unixSec>$<MD5u(MD5u(secret) + unixSec)>`, checked here independently.
     let sent = body["Secret"].as_str().unwrap();
@@ -231,7 +193,7 @@ fn login_body_and_salted_secret() {
     assert_eq!(parts.len(), 4, "{sent}");
     assert_eq!((parts[0], parts[1]), ("", "md5"));
     let salt: i64 = parts[2].parse().unwrap();
-    assert!((salt - now_ms() / 1000).abs() < 10);
+    assert!((salt - common::now_ms() / 1000).abs() < 10);
     assert_eq!(parts[3], md5_upper(&(md5_upper(SECRET) + parts[2])));
     assert_ne!(sent, SECRET);
     // The HTTP request itself.
@@ -261,7 +223,7 @@ fn login_body_and_salted_secret() {
     assert_eq!(ping.client_id, client_id);
     assert_eq!(ping.body["Id"], std::process::id());
     assert_eq!(ping.body["Version"], "1.2.3");
-    assert!((ping.body["Time"].as_i64().unwrap() - now_ms()).abs() < 10_000);
+    assert!((ping.body["Time"].as_i64().unwrap() - common::now_ms()).abs() < 10_000);
     drop(guard);
     assert_eq!(fake.logins().len(), 1);
     assert_clean(&fake, Some(SECRET));
@@ -282,7 +244,7 @@ fn replies_are_understood(pascal: bool, code_200: bool) {
         })
         .start();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let token = fake.logins()[0].token.clone().unwrap();
     if pascal {
         let r = fake.requests()[0].response.clone().unwrap();
@@ -304,7 +266,7 @@ fn replies_are_understood(pascal: bool, code_200: bool) {
         ok_op();
     }
     assert!(guard.flush().is_ok());
-    wait_totals(&fake, &expect(&[("proto/ok", 20, 0)]), WAIT);
+    wait_totals(&fake, &totals(&[("proto/ok", 20, 0)]), WAIT);
 
     let reps = fake.reports();
     assert_eq!(reps.len(), 2);
@@ -322,9 +284,9 @@ fn replies_are_understood(pascal: bool, code_200: bool) {
         "StartTime {start} vs server {}",
         fake.server_now_ms()
     );
-    assert!(start - now_ms() > 280_000);
+    assert!(start - common::now_ms() > 280_000);
 
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.len(), 2, "a success must not be retried");
     for r in &reqs {
         assert_eq!(bearer(r).as_deref(), Some(token.as_str()));
@@ -359,7 +321,7 @@ fn token_refresh_through_ping() {
         .ping_period(1)
         .start();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let login_at = Instant::now();
     let token0 = fake.logins()[0].token.clone().unwrap();
     // First ping at ~3 s; each reply carries a fresh token (lifetime < refresh window).
@@ -371,7 +333,7 @@ fn token_refresh_through_ping() {
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        &totals(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
         WAIT,
     );
 
@@ -384,7 +346,7 @@ fn token_refresh_through_ping() {
         assert_eq!(bearer(req).as_deref(), Some(expected.as_str()));
         expected = ping.new_token.clone().expect("refreshed");
     }
-    let rep = report_requests(&fake);
+    let rep = fake.report_requests();
     assert_eq!(rep.len(), 1);
     let used = bearer(&rep[0]).unwrap();
     assert_ne!(used, token0);
@@ -404,7 +366,7 @@ fn code_401_logs_in_again_and_retries_the_same_call() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
 
     // The server forgot its tokens (restart with a new TokenSecret): the JWT gets a real 401.
     calls(5, 2);
@@ -412,7 +374,7 @@ fn code_401_logs_in_again_and_retries_the_same_call() {
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 5, 0), ("proto/fail", 2, 2)]),
+        &totals(&[("proto/ok", 5, 0), ("proto/fail", 2, 2)]),
         WAIT,
     );
     // Then an injected `{code:401}` envelope.
@@ -424,13 +386,13 @@ fn code_401_logs_in_again_and_retries_the_same_call() {
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 6, 0), ("proto/fail", 3, 3)]),
+        &totals(&[("proto/ok", 6, 0), ("proto/fail", 3, 3)]),
         WAIT,
     );
 
     let rec = fake.recorded();
     let logins: Vec<_> = rec.requests_to(Endpoint::Login).collect();
-    let reports: Vec<_> = rec.requests.iter().filter(|r| is_report(r)).collect();
+    let reports: Vec<_> = rec.requests.iter().filter(|r| r.is_report()).collect();
     assert_eq!(logins.len(), 3);
     assert_eq!(reports.len(), 4);
     assert_eq!(rec.reports.len(), 2);
@@ -458,7 +420,7 @@ fn ping_401_and_403_log_in_again() {
         .ping_period(1)
         .start();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     // 401 on ping: log in again and send that ping again.
     fake.push_fault(On::Ping, Fault::code(401, "非法访问[ProtoApp] 令牌已过期"));
     assert!(fake.wait_for(|r| r.logins.len() >= 2 && !r.pings.is_empty(), WAIT));
@@ -488,8 +450,8 @@ fn ping_401_and_403_log_in_again() {
     // Reports then use the newest token.
     calls(1, 0);
     assert!(guard.flush().is_ok());
-    wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
-    let rep = report_requests(&fake);
+    wait_totals(&fake, &totals(&[("proto/ok", 1, 0)]), WAIT);
+    let rep = fake.report_requests();
     assert_eq!(rep.len(), 1);
     assert_eq!(bearer(&rep[0]), fake.logins()[2].token);
     drop(guard);
@@ -501,7 +463,7 @@ fn auto_registered_secret_is_adopted() {
     let _s = common::serial();
     let fake = FakeStardust::start();
     let guard = start(config(&fake).app_id("FreshApp").secret("wrong-but-unknown"));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let first = fake.logins()[0].clone();
     assert!(first.auto_registered && first.disclosed_secret);
     let issued = fake.app("FreshApp").unwrap().secret.unwrap();
@@ -509,7 +471,7 @@ fn auto_registered_secret_is_adopted() {
     calls(1, 0);
     fake.invalidate_tokens();
     assert!(guard.flush().is_ok());
-    wait_totals(&fake, &expect(&[("proto/ok", 1, 0)]), WAIT);
+    wait_totals(&fake, &totals(&[("proto/ok", 1, 0)]), WAIT);
     let logins = fake.logins();
     assert_eq!(logins.len(), 2);
     assert!(!logins[1].auto_registered);
@@ -540,7 +502,7 @@ fn no_token_no_ping() {
         .ping_period(1)
         .start();
     let guard = start(config(&fake).app_id("Unapproved"));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     assert_eq!(fake.logins()[0].token, None);
     std::thread::sleep(Duration::from_millis(4000));
     drop(guard);
@@ -562,12 +524,12 @@ fn fails_over_to_the_next_server() {
     let fake = fake_with_app();
     let servers = [format!("http://127.0.0.1:{dead}/"), fake.base_url()];
     let guard = start(config(&fake).servers(servers));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(2, 1);
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        &totals(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
         WAIT,
     );
     drop(guard);
@@ -624,7 +586,7 @@ fn server_down_at_start_then_up_delivers_everything() {
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 6, 0), ("proto/fail", 1, 1)]),
+        &totals(&[("proto/ok", 6, 0), ("proto/fail", 1, 1)]),
         WAIT,
     );
     let reps = fake.reports();
@@ -656,23 +618,23 @@ fn failed_report_is_replayed(fault: Fault) {
     let fake = fake_with_app();
     // The first cut is automatic (300 ms after the first span); the next one 60 s later.
     let guard = start(config(&fake).first_report_delay(Duration::from_millis(300)));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     fake.push_fault(On::Report, fault.clone());
     calls(3, 2);
     assert!(
-        fake.wait_for(|r| r.requests.iter().any(is_report), WAIT),
+        fake.wait_for(|r| r.requests.iter().any(RecordedRequest::is_report), WAIT),
         "the first period is reported"
     );
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].fault.as_ref(), Some(&fault));
     assert!(fake.reports().is_empty(), "nothing stored yet");
 
     calls(4, 1);
     assert!(guard.flush().is_ok());
-    let want = expect(&[("proto/ok", 7, 0), ("proto/fail", 3, 3)]);
+    let want = totals(&[("proto/ok", 7, 0), ("proto/fail", 3, 3)]);
     assert_eq!(fake.totals_by_name(), want, "delivered when flush returns");
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.len(), 3, "failed, replayed, current");
     let reps = fake.reports();
     assert_eq!(reps.len(), 2);
@@ -688,9 +650,9 @@ fn failed_report_is_replayed(fault: Fault) {
     fake.push_fault(On::Report, fault.clone());
     calls(1, 1);
     assert!(guard.flush().is_ok());
-    let want = expect(&[("proto/ok", 8, 0), ("proto/fail", 4, 4)]);
+    let want = totals(&[("proto/ok", 8, 0), ("proto/fail", 4, 4)]);
     assert_eq!(fake.totals_by_name(), want);
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.len(), 5, "then failed and retried");
     assert_eq!(reqs[3].fault.as_ref(), Some(&fault));
     let retried = sent_builders(fake.reports().last().unwrap());
@@ -740,16 +702,16 @@ fn business_error_drops_the_report() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(3, 1);
     fake.push_fault(On::Report, Fault::code(500, "应用[ProtoApp]已禁用！"));
     assert!(guard.flush().is_ok());
     calls(1, 0);
     assert!(guard.flush().is_ok());
-    let want = expect(&[("proto/ok", 1, 0)]);
+    let want = totals(&[("proto/ok", 1, 0)]);
     wait_totals(&fake, &want, WAIT);
     drop(guard);
-    assert_eq!(report_requests(&fake).len(), 2);
+    assert_eq!(fake.report_requests().len(), 2);
     assert_eq!(fake.totals_by_name(), want);
     assert_eq!(fake.logins().len(), 1);
     assert_clean(&fake, Some(SECRET));
@@ -762,7 +724,7 @@ fn report_that_does_not_bind_is_dropped_not_retried() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(3, 1);
     fake.push_fault(On::Report, Fault::status(400));
     assert!(
@@ -771,11 +733,11 @@ fn report_that_does_not_bind_is_dropped_not_retried() {
     );
     calls(1, 0);
     assert!(guard.flush().is_ok());
-    let want = expect(&[("proto/ok", 1, 0)]);
+    let want = totals(&[("proto/ok", 1, 0)]);
     wait_totals(&fake, &want, WAIT);
     drop(guard);
     assert_eq!(
-        report_requests(&fake).len(),
+        fake.report_requests().len(),
         2,
         "the refused report was not sent again"
     );
@@ -794,14 +756,14 @@ fn queued_report_is_retried_by_the_timer() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake).first_report_delay(Duration::from_millis(300)));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     fake.push_fault(On::Report, Fault::status(500));
     calls(2, 1);
     // The automatic first cut fails; no further report: the queue is replayed ~5 s later by
     // itself.
-    let want = expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]);
+    let want = totals(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]);
     wait_totals(&fake, &want, Duration::from_secs(8));
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.len(), 2);
     let after = reqs[1].received_instant - reqs[0].received_instant;
     assert!(
@@ -828,7 +790,7 @@ fn large_report_goes_gzip_to_report_raw() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let mut made = BTreeMap::new();
     for i in 0..40u32 {
         let name = format!("raw/operation-{i:03}");
@@ -843,7 +805,7 @@ fn large_report_goes_gzip_to_report_raw() {
     }
     assert!(guard.flush().is_ok());
     wait_totals(&fake, &made, WAIT);
-    let req = &report_requests(&fake)[0];
+    let req = &fake.report_requests()[0];
     assert_eq!(req.endpoint, Endpoint::ReportRaw);
     assert_eq!(req.path, "/Trace/ReportRaw");
     assert_eq!(req.header("content-type"), Some("application/x-gzip"));
@@ -871,7 +833,7 @@ fn large_report_goes_gzip_to_report_raw() {
     assert!(guard.flush().is_ok());
     made.insert("proto/ok".into(), (1, 0));
     wait_totals(&fake, &made, WAIT);
-    let req = &report_requests(&fake)[1];
+    let req = &fake.report_requests()[1];
     assert_eq!(req.endpoint, Endpoint::Report);
     assert_eq!(req.header("content-type"), Some("application/json"));
     assert!(req.body.len() <= 1024 && req.body[0] == b'{');
@@ -893,7 +855,7 @@ fn excludes_from_the_reply_apply_to_the_next_period() {
         })
         .start();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let period = |ok: u32, excl: u32| {
         calls(ok, 0);
         for _ in 0..excl {
@@ -923,7 +885,7 @@ fn excludes_from_the_reply_apply_to_the_next_period() {
     drop(guard);
     assert_eq!(
         fake.recorded().totals_by_name(),
-        expect(&[("proto/excluded", 2, 0), ("proto/ok", 5, 0)])
+        totals(&[("proto/excluded", 2, 0), ("proto/ok", 5, 0)])
     );
     assert_clean(&fake, Some(SECRET));
 }
@@ -946,16 +908,16 @@ fn server_clock_one_day_ahead_is_followed() {
             .exception_spans(false)
             .console(false),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(2, 1);
     assert!(guard.flush().is_ok());
     wait_totals(
         &fake,
-        &expect(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
+        &totals(&[("proto/ok", 2, 0), ("proto/fail", 1, 1)]),
         WAIT,
     );
     let server_now = fake.server_now_ms();
-    let local_now = now_ms();
+    let local_now = common::now_ms();
     let rep = &fake.reports()[0];
     for b in sent_builders(rep).values() {
         for k in ["StartTime", "EndTime"] {
@@ -985,14 +947,14 @@ fn shutdown_delivers_the_last_period_and_logs_out() {
     let _s = common::serial();
     let fake = fake_with_app();
     let guard = start(config(&fake));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(4, 3);
     let t = Instant::now();
     drop(guard);
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(
         fake.totals_by_name(),
-        expect(&[("proto/ok", 4, 0), ("proto/fail", 3, 3)])
+        totals(&[("proto/ok", 4, 0), ("proto/fail", 3, 3)])
     );
     let rec = fake.recorded();
     assert_eq!(rec.reports.len(), 1);
@@ -1024,7 +986,7 @@ fn hung_server_does_not_delay_shutdown() {
             .request_timeout(Duration::from_secs(5))
             .shutdown_timeout(bound),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     fake.set_fault(On::Any, Fault::Hang);
     calls(3, 1);
     let t = Instant::now();
@@ -1032,7 +994,7 @@ fn hung_server_does_not_delay_shutdown() {
     let took = t.elapsed();
     eprintln!("shutdown took {took:?}");
     assert!(took < bound + margin, "shutdown took {took:?}");
-    assert!(fake.wait_for(|r| r.requests.iter().any(is_report), WAIT));
+    assert!(fake.wait_for(|r| r.requests.iter().any(RecordedRequest::is_report), WAIT));
     assert!(fake.reports().is_empty());
     drop(fake);
 
@@ -1108,7 +1070,7 @@ fn concurrent_calls_survive_three_failing_periods() {
             .first_report_delay(Duration::from_millis(200))
             .request_timeout(Duration::from_millis(400)),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
 
     let made = Arc::new(Made::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -1154,7 +1116,7 @@ fn concurrent_calls_survive_three_failing_periods() {
             |r| {
                 r.requests
                     .iter()
-                    .any(|q| is_report(q) && q.fault.as_ref() == Some(f))
+                    .any(|q| q.is_report() && q.fault.as_ref() == Some(f))
             },
             Duration::from_secs(4),
         );
@@ -1170,7 +1132,7 @@ fn concurrent_calls_survive_three_failing_periods() {
         assert!(t.elapsed() < Duration::from_secs(4), "hiccup not met");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let n = report_requests(&fake).len();
+    let n = fake.report_requests().len();
     assert!(n >= 2 + faults.len());
     // Recovered: one more period, then stop the callers and cut.
     std::thread::sleep(Duration::from_millis(1200));
@@ -1197,7 +1159,8 @@ fn concurrent_calls_survive_three_failing_periods() {
     assert!(want["dw/update"].1 > 50, "{want:?}");
     wait_totals(&fake, &want, Duration::from_secs(10));
 
-    let failed = report_requests(&fake)
+    let failed = fake
+        .report_requests()
         .iter()
         .filter(|r| r.fault.is_some())
         .count();

@@ -61,38 +61,6 @@ fn fake_with_app() -> FakeStardust {
     FakeStardust::builder().app(APP, Some(SECRET)).start()
 }
 
-/// Waits until `n` logins succeeded, and a little longer so the client has taken the reply in.
-fn wait_logins(fake: &FakeStardust, n: usize) {
-    let ok = fake.wait_for(
-        |r| {
-            r.requests
-                .iter()
-                .filter(|q| {
-                    q.endpoint == Endpoint::Login && matches!(q.response_code(), Some(0 | 200))
-                })
-                .count()
-                >= n
-        },
-        WAIT,
-    );
-    assert!(ok, "expected {n} login(s): {:#?}", fake.logins());
-    std::thread::sleep(Duration::from_millis(100));
-}
-
-fn expect(rows: &[(&str, u64, u64)]) -> BTreeMap<String, (u64, u64)> {
-    rows.iter()
-        .map(|(n, t, e)| (n.to_string(), (*t, *e)))
-        .collect()
-}
-
-fn is_report(r: &RecordedRequest) -> bool {
-    matches!(r.endpoint, Endpoint::Report | Endpoint::ReportRaw)
-}
-
-fn report_requests(fake: &FakeStardust) -> Vec<RecordedRequest> {
-    fake.requests().into_iter().filter(is_report).collect()
-}
-
 /// The cut time of a stored report (every builder of a report carries it as `EndTime`).
 fn cut_time(rep: &ReportRecord) -> i64 {
     let builders = rep.model["Builders"].as_array().expect("builders");
@@ -152,7 +120,7 @@ fn last_two_reports_failing_are_retried_at_shutdown() {
             .first_report_delay(Duration::from_millis(300))
             .shutdown_timeout(budget),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
 
     let made = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let stop = Arc::new(AtomicBool::new(false));
@@ -185,7 +153,10 @@ fn last_two_reports_failing_are_retried_at_shutdown() {
     fake.fault_next(On::Report, 2, Fault::status(500));
     assert!(
         fake.wait_for(
-            |r| r.requests.iter().any(|q| is_report(q) && q.fault.is_some()),
+            |r| r
+                .requests
+                .iter()
+                .any(|q| q.is_report() && q.fault.is_some()),
             Duration::from_secs(5)
         ),
         "a periodic report met the first 500"
@@ -210,7 +181,7 @@ fn last_two_reports_failing_are_retried_at_shutdown() {
     assert!(want["shut/query"].1 > 10, "{want:?}");
     assert_eq!(fake.totals_by_name(), want, "every period arrived, once");
     assert_eq!(fake.pending_faults(), 0, "both faults were met");
-    let reqs = report_requests(&fake);
+    let reqs = fake.report_requests();
     assert_eq!(reqs.iter().filter(|r| r.fault.is_some()).count(), 2);
     // Oldest first: the stored reports' cut times only go up.
     let cuts: Vec<i64> = fake.reports().iter().map(cut_time).collect();
@@ -243,7 +214,7 @@ fn hung_server_loses_only_what_is_left_and_says_so() {
             .request_timeout(Duration::from_secs(5))
             .shutdown_timeout(budget),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
 
     // A flush against a server answering 500: retried until its deadline, then kept.
     fake.set_fault(On::Report, Fault::status(500));
@@ -255,7 +226,7 @@ fn hung_server_loses_only_what_is_left_and_says_so() {
         took >= budget - Duration::from_millis(200) && took < budget + SLACK,
         "flush took {took:?}"
     );
-    let retries = report_requests(&fake).len();
+    let retries = fake.report_requests().len();
     assert!(
         retries >= 3,
         "retried with a short backoff: {retries} tries"
@@ -307,7 +278,7 @@ fn hung_server_loses_only_what_is_left_and_says_so() {
         "within the budget: {:?} after the drop",
         logout[0].received_instant - t
     );
-    let last_report = rec.requests.iter().rfind(|q| is_report(q)).unwrap();
+    let last_report = rec.requests.iter().rfind(|q| q.is_report()).unwrap();
     assert!(last_report.seq < logout[0].seq, "reports first");
     fake.assert_no_violations();
 }
@@ -324,12 +295,12 @@ fn shutdown_fails_over(refuse: bool) {
     let servers = format!("{},{}", first.base_url(), second.base_url());
     let budget = Duration::from_secs(3);
     let guard = start(config(&servers).shutdown_timeout(budget));
-    wait_logins(&first, 1);
+    first.expect_logins(1, WAIT);
     calls(3, 1);
     assert!(guard.flush().is_ok());
     assert_eq!(
         first.totals_by_name(),
-        expect(&[("shut/ok", 3, 0), ("shut/fail", 1, 1)])
+        totals(&[("shut/ok", 3, 0), ("shut/fail", 1, 1)])
     );
 
     if refuse {
@@ -346,12 +317,12 @@ fn shutdown_fails_over(refuse: bool) {
 
     assert_eq!(
         second.totals_by_name(),
-        expect(&[("shut/ok", 2, 0), ("shut/fail", 2, 2)]),
+        totals(&[("shut/ok", 2, 0), ("shut/fail", 2, 2)]),
         "the last period went to the second server"
     );
     assert_eq!(
         first.totals_by_name(),
-        expect(&[("shut/ok", 3, 0), ("shut/fail", 1, 1)]),
+        totals(&[("shut/ok", 3, 0), ("shut/fail", 1, 1)]),
         "and nothing more to the first"
     );
     let rec = second.recorded();
@@ -396,7 +367,7 @@ fn server_period_takes_effect_at_the_next_cut() {
             .period(Duration::from_secs(60))
             .first_report_delay(Duration::from_millis(300)),
     );
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let stop = stop.clone();
@@ -441,7 +412,7 @@ fn a_long_budget_waits_for_the_server_to_come_back() {
     let fake = Arc::new(fake_with_app());
     let budget = Duration::from_secs(30);
     let guard = start(config(&fake.base_url()).shutdown_timeout(budget));
-    wait_logins(&fake, 1);
+    fake.expect_logins(1, WAIT);
     calls(4, 2);
     fake.refuse_connections();
     let away = Duration::from_secs(3);
@@ -465,7 +436,7 @@ fn a_long_budget_waits_for_the_server_to_come_back() {
     );
     assert_eq!(
         fake.totals_by_name(),
-        expect(&[("shut/ok", 4, 0), ("shut/fail", 2, 2)])
+        totals(&[("shut/ok", 4, 0), ("shut/fail", 2, 2)])
     );
     assert_eq!(fake.logouts().len(), 1);
     assert!(lines_with("deadline passed").is_empty());

@@ -23,6 +23,14 @@ impl Reporter for Capture {
     }
 }
 
+/// The wall clock, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as i64
+}
+
 pub fn capture() -> (Capture, Receiver<TraceModel>) {
     let (tx, rx) = crossbeam_channel::unbounded();
     (Capture(tx), rx)

@@ -458,6 +458,10 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
+    /// True for `/Trace/Report` and `/Trace/ReportRaw`.
+    pub fn is_report(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Report | Endpoint::ReportRaw)
+    }
     /// First header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -600,6 +604,14 @@ impl Recorded {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Totals and errors by operation name, as [`Recorded::totals_by_name`] gives them, from
+/// `(name, total, errors)` rows.
+pub fn totals(rows: &[(&str, u64, u64)]) -> BTreeMap<String, (u64, u64)> {
+    rows.iter()
+        .map(|(n, t, e)| (n.to_string(), (*t, *e)))
+        .collect()
 }
 
 pub(crate) fn unix_ms_now() -> i64 {
@@ -1238,6 +1250,32 @@ impl FakeStardust {
     }
     pub fn reports(&self) -> Vec<ReportRecord> {
         lock(&self.shared.rec).reports.clone()
+    }
+    /// Every report request (`/Trace/Report` or `/Trace/ReportRaw`), whatever its outcome.
+    pub fn report_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(RecordedRequest::is_report)
+            .collect()
+    }
+    /// Waits until `n` logins were answered with success (panics after `timeout`), then a
+    /// little longer, so that the client has taken the last reply in (its token and the server
+    /// clock: spans aggregated before that carry local time).
+    pub fn expect_logins(&self, n: usize, timeout: Duration) {
+        let answered = |r: &Recorded| {
+            r.requests
+                .iter()
+                .filter(|q| {
+                    q.endpoint == Endpoint::Login && matches!(q.response_code(), Some(0 | 200))
+                })
+                .count()
+        };
+        assert!(
+            self.wait_for(|r| answered(r) >= n, timeout),
+            "expected {n} successful login(s); got {:#?}",
+            self.logins()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     pub fn logins(&self) -> Vec<LoginRecord> {
         lock(&self.shared.rec).logins.clone()
