@@ -72,31 +72,15 @@ fn inner() {}
 #[trace("e2e/async_outer")]
 async fn async_outer() -> u32 {
     let a = async_leaf(1).await;
-    Yield(false).await;
+    common::yield_once().await;
     let b = async_leaf(2).await;
     a + b
 }
 
 #[trace("e2e/async_leaf")]
 async fn async_leaf(x: u32) -> u32 {
-    Yield(false).await;
+    common::yield_once().await;
     x
-}
-
-/// Returns Pending once, so the span is polled more than once.
-struct Yield(bool);
-
-impl Future for Yield {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
 }
 
 struct NoopWake;
@@ -457,7 +441,7 @@ impl Drop for PanicOnDrop {
 async fn holds_a_bad_destructor() {
     let _bad = PanicOnDrop;
     let _inner = stardust_runtime::span("e2e/open_across_await");
-    Yield(false).await;
+    common::yield_once().await;
 }
 
 /// A future dropped mid-way whose destructor panics: the panic reaches the caller, the span

@@ -2,6 +2,7 @@
 //! .NET (NewLife) peers.
 
 use stardust_test_support::common;
+use stardust_test_support::http::headers_of;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,13 +31,6 @@ fn serve(
         }
     });
     (url, h)
-}
-
-fn headers_of(req: &tiny_http::Request) -> Vec<(String, String)> {
-    req.headers()
-        .iter()
-        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-        .collect()
 }
 
 fn traced_agent() -> ureq::Agent {

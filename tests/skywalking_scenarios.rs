@@ -10,7 +10,6 @@ use stardust_test_support::common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -22,6 +21,7 @@ use stardust_runtime::skywalking::correlation;
 use stardust_runtime::ureq_tracing::TracingMiddleware;
 use stardust_runtime::{Config, capture, entry_span, exit_span, flush, init_with, span, trace};
 use support::fake_oap::FakeOap;
+use support::http::{downstream, header, headers_of};
 
 fn b64(s: &str) -> String {
     STANDARD.encode(s)
@@ -61,40 +61,6 @@ fn traced_agent() -> ureq::Agent {
         .http_status_as_error(false)
         .build()
         .into()
-}
-
-fn headers_of(req: &tiny_http::Request) -> Vec<(String, String)> {
-    req.headers()
-        .iter()
-        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-        .collect()
-}
-
-type Headers = Vec<(String, String)>;
-
-/// A server on loopback answering `n` requests with 200, recording their headers.
-fn downstream(n: usize) -> (String, Arc<Mutex<Vec<Headers>>>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for _ in 0..n {
-            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(10)) else {
-                return;
-            };
-            s.lock().unwrap().push(headers_of(&req));
-            let _ = req.respond(tiny_http::Response::from_string("ok"));
-        }
-    });
-    (url, seen)
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 fn segment_of<'a>(segments: &'a [Value], service: &str, root: &str) -> &'a Value {

@@ -10,10 +10,7 @@ use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::task::{Context, Waker};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -22,6 +19,7 @@ use stardust_runtime::incoming::incoming;
 use stardust_runtime::ureq_tracing::TracingMiddleware;
 use stardust_runtime::{Config, capture, exit_span, flush, init_with, span, trace};
 use support::fake_oap::FakeOap;
+use support::http::{self, Headers, downstream};
 
 fn sw_config(oap: &FakeOap, service: &str) -> Config {
     Config::new()
@@ -150,25 +148,10 @@ fn a_root_closed_before_its_child_waits_for_it() {
     oap.assert_no_violations();
 }
 
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
 #[trace("task")]
 async fn task() {
     drop(span("task/before"));
-    YieldOnce(false).await;
+    common::yield_once().await;
     drop(span("task/after"));
 }
 
@@ -370,37 +353,8 @@ fn references_name_the_ids_spans_are_sent_with() {
     oap.assert_no_violations();
 }
 
-type Headers = Vec<(String, String)>;
-
-/// A server on loopback answering `n` requests with 200, recording their headers.
-fn downstream(n: usize) -> (String, Arc<Mutex<Vec<Headers>>>) {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for _ in 0..n {
-            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(10)) else {
-                return;
-            };
-            let headers = req
-                .headers()
-                .iter()
-                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-                .collect();
-            s.lock().unwrap().push(headers);
-            let _ = req.respond(tiny_http::Response::from_string("ok"));
-        }
-    });
-    (url, seen)
-}
-
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+    http::header(headers, name).unwrap_or_else(|| panic!("no {name} in {headers:?}"))
 }
 
 /// A sampling decision received in one protocol's header is kept in the others: `sw8` sample

@@ -23,6 +23,21 @@ impl Reporter for Capture {
     }
 }
 
+/// A future that returns `Pending` once (waking itself), then `Ready`: an `.await` that
+/// really suspends.
+pub fn yield_once() -> impl std::future::Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+}
+
 /// The wall clock, Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

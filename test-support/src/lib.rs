@@ -1,5 +1,5 @@
 //! Test support for the stardust-rs workspace (not published): a strict fake Stardust server
-//! ([`fake_stardust`]), a strict fake SkyWalking OAP ([`fake_oap`]) and helpers for tests that
+//! ([`fake_stardust`]), a strict fake SkyWalking OAP ([`fake_oap`]), a downstream HTTP peer ([`http`]) and helpers for tests that
 //! run the process-global runtime ([`common`]).
 //!
 //! Kept as a crate of its own (as `tracing` keeps `tracing-mock`) so it is compiled once and
@@ -8,3 +8,4 @@
 pub mod common;
 pub mod fake_oap;
 pub mod fake_stardust;
+pub mod http;
