@@ -38,7 +38,7 @@ pub fn tag_current<F: FnOnce() -> String>(f: F) {
 }
 
 /// Marks the current span as an error.
-pub fn set_current_error(text: String) {
+fn set_current_error(text: String) {
     crate::span::local::with_current(|s| s.extra_mut().error = Some(text));
 }
 

@@ -120,8 +120,8 @@ pub(crate) struct Aggregator {
     collector: tally::Collector,
     /// Counts read at a cut, before they are added to the builders.
     counts: Vec<(u32, Counts)>,
-    /// By slot: the normalised name (`None`: never recorded); filled as slots are first seen.
-    /// Per slot: the callsite's normalised name and whether it was built at run time.
+    /// By slot: the callsite's normalised name (`None`: never recorded) and whether it was
+    /// built at run time; filled as slots are first seen.
     slot_names: Vec<Option<(&'static str, bool)>>,
     /// Records of the next period swept during a cut, added once it is done.
     next: Vec<SpanRecord>,

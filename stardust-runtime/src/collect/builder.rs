@@ -172,9 +172,9 @@ impl Builder {
         }
     }
 
-    /// The wire form. Times were kept in local ms; `offset` (server minus local clock) is
-    /// added to each, and `end_time` is already server time.
-    /// The builder as reported. Its `StartTime` is never before `period_start` (local Unix ms).
+    /// The builder as reported (the wire form). Times were kept in local ms; `offset` (server
+    /// minus local clock) is added to each, and `end_time` is already server time. Its
+    /// `StartTime` is never before `period_start` (local Unix ms).
     pub(crate) fn into_model(
         mut self,
         period_start: i64,

@@ -21,7 +21,8 @@ pub(crate) use seam::LinkRef;
 use crate::id::{ParentId, SpanId, TraceId, TraceRepr};
 
 use self::newlife::TraceIdHeader;
-use self::w3c::{FLAG_RANDOM, FLAGS_MASK};
+use self::w3c::FLAGS_MASK;
+use crate::flags::FLAG_RANDOM;
 
 /// The W3C header carrying trace id, parent span id and flags.
 pub(crate) const TRACEPARENT: &str = "traceparent";

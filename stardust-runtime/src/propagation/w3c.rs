@@ -6,9 +6,7 @@ use super::trim_ows;
 
 /// Flag bits kept from an incoming `traceparent` and sent in an outgoing one:
 /// bit 0 (sampled; Stardust's forced-sampling TraceFlag) and bit 1 (random trace id).
-pub(crate) const FLAGS_MASK: u8 = 0x03;
-/// Bit 1 of the trace flags: the trace id is random.
-pub(crate) const FLAG_RANDOM: u8 = 0x02;
+pub(crate) use crate::flags::FLAGS_PROPAGATED as FLAGS_MASK;
 
 /// Most list members a `tracestate` may have.
 pub(crate) const MAX_TRACESTATE_MEMBERS: usize = 32;

@@ -2,8 +2,9 @@
 //! `MaxSamples` spans of its name in this period, and so gets TraceFlag 1; and the callsite's
 //! *slot*, the index of its counters in every thread's tally (see [`tally`](super::tally)).
 //!
-//! `#[trace]` gives every function a `static Callsite`, so the decision costs two relaxed
-//! loads once the period's flags are handed out. Spans opened by name through the manual API
+//! `#[trace]` gives every function a `static Callsite`, so the decision costs three relaxed
+//! loads (the setting, the period and the callsite's count) once the period's flags are handed
+//! out. Spans opened by name through the manual API
 //! find their callsite through a per-thread cache in front of a global registry.
 
 use std::cell::RefCell;
@@ -100,7 +101,8 @@ impl Callsite {
         (slot != SLOT_NONE).then_some(slot)
     }
 
-    /// Counts a root span start; true while fewer than `MaxSamples` started this period.
+    /// Counts the start of a span that inherited no TraceFlag; true while fewer than
+    /// `MaxSamples` such spans of this callsite started this period.
     #[inline]
     pub(crate) fn take_flag(&self) -> bool {
         let max = SETTINGS.max_samples().max(0) as u32;
@@ -162,7 +164,7 @@ fn lookup_global(name: &str) -> &'static Callsite {
         return cs;
     }
     if map.len() >= REGISTRY_CAP {
-        let slot = fnv(name) as usize % OVERFLOW_SLOTS;
+        let slot = crate::util::hash::fnv1a(name) as usize % OVERFLOW_SLOTS;
         return &reg.overflow[slot];
     }
     // Leaked once per distinct name (the name too: the callsite's spans are tallied under
@@ -171,12 +173,6 @@ fn lookup_global(name: &str) -> &'static Callsite {
     let cs: &'static Callsite = Box::leak(Box::new(Callsite::for_run_time_name(name)));
     map.insert(name, cs);
     cs
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 thread_local! {

@@ -37,10 +37,9 @@ pub(crate) fn short_type_name(full: &str) -> &str {
     if base == "str" { "String" } else { base }
 }
 
+/// Never 0, the hash in [`LAST`] before any error.
 fn hash(kind: &str) -> u64 {
-    kind.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    }) | 1
+    crate::util::hash::fnv1a(kind) | 1
 }
 
 /// Records `ex:<kind>` for the open span `failing` of this thread that has just failed with

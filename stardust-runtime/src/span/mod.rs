@@ -3,7 +3,7 @@
 //!
 //! Layers inside, lowest first (each imports only the ones before it): `record` (plain data),
 //! `callsite`, `mailbox` and `tally` (the per-thread counters), `local` (the thread's stack
-//! and batch), `guard`, then `context` and `future`.
+//! and batch), `exception` (the `ex:<Type>` spans), `guard`, then `context` and `future`.
 
 pub(crate) mod callsite;
 pub(crate) mod context;

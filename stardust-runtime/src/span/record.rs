@@ -74,9 +74,9 @@ pub(crate) struct Extra {
     pub opened: Option<Arc<AtomicU32>>,
 }
 
-/// Internal bit: the span was abandoned and is not recorded. While taps want records, its
-/// record still goes to them as a marker with this bit set (its children are re-parented to
-/// its parent); the aggregator does not count it.
+/// Internal bit: the span was abandoned and is not recorded. Its record still travels as a
+/// marker with this bit set, so that its children are re-parented to its parent (in Stardust
+/// samples and SkyWalking segments alike); nothing counts it.
 pub(crate) const FLAG_ABANDONED: u8 = 0x80;
 /// Internal bit: the stack frame is an attached context, not a span: spans opened under it
 /// take its `parent` (and `Extra::remote_parent`) as their parent.

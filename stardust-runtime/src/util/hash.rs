@@ -1,5 +1,12 @@
 //! A fast hasher for the runtime's own tables (span names, addresses).
 
+/// FNV-1a of `s`: a stable hash of a short name (the same in every run).
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The hash rustc uses for its own tables: a multiply and a rotate per word. The keys here
 /// (span names, addresses) come from this program, not from an attacker.
 #[derive(Default, Clone, Copy)]

@@ -1,8 +1,9 @@
 //! Segments as SkyWalking sees them, derived from the core's local roots.
 //!
-//! A segment is the spans of one trace under one local root in one thread of this process (a
-//! span that starts a trace, continues a remote context from headers or a captured one from
-//! another thread); its children on the same thread belong to its segment. Segment ids are
+//! A segment is the spans of one trace under one local root in this process (a span that
+//! starts a trace, continues a remote context from headers or a captured one from another
+//! thread); its children belong to its segment, on whatever thread they close (an
+//! instrumented future may move). Segment ids are
 //! derived from the root's span id, so any thread can name another thread's segment (for
 //! `CrossThread` references) without shared state; a span's index in its segment is its
 //! position within its local root, numbered by the core as spans open (see the assembler).
