@@ -48,8 +48,14 @@ const MAX_EXCLUDES: usize = 1000;
 /// First pause between two attempts of a flush or shutdown; it doubles up to `RETRY_MAX`.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-/// Time kept for the logout at shutdown: a quarter of the budget, at most this.
+/// Time kept for the logout at shutdown (a quarter of the budget, at most this), and the
+/// logout's own time bound.
 const LOGOUT_MAX: Duration = Duration::from_secs(1);
+/// The queue of reports kept for retry is replayed this long after a failure.
+const QUEUE_RETRY: Duration = Duration::from_secs(5);
+/// Longest the uploader spends replaying queued reports or posting events in one go (the
+/// rest waits for the next tick).
+const POST_BUDGET: Duration = Duration::from_secs(30);
 /// Most events per `/App/PostEvents` request.
 const EVENT_BATCH: usize = 100;
 /// Events are posted this long after the first of them is written (the rest of a burst
@@ -107,17 +113,15 @@ pub(crate) struct StardustSink {
     clamp_logged: bool,
     proc: procinfo::ProcSampler,
     commands: Dispatcher,
-    /// Command replies not posted yet, oldest first; retried from `replies_retry`.
+    /// Command replies not posted yet, oldest first; retried from `replies_retry.due`.
     replies: VecDeque<Reply>,
-    replies_retry: Option<Instant>,
-    replies_backoff: Duration,
+    replies_retry: Backoff,
     replies_dropped: u64,
     events: crossbeam_channel::Receiver<Event>,
     /// The batch being posted (kept while the server fails, before newer events).
     event_batch: Vec<Event>,
     /// When events are posted next.
-    events_due: Option<Instant>,
-    events_backoff: Duration,
+    events_due: Backoff,
 }
 
 impl StardustSink {
@@ -153,13 +157,11 @@ impl StardustSink {
             proc: procinfo::ProcSampler::new(o.process_metrics),
             commands: Dispatcher::new(o.commands, o.command_timeout, o.waker),
             replies: VecDeque::new(),
-            replies_retry: None,
-            replies_backoff: POST_RETRY_MIN,
+            replies_retry: Backoff::new(),
             replies_dropped: 0,
             events: o.events,
             event_batch: Vec::new(),
-            events_due: None,
-            events_backoff: POST_RETRY_MIN,
+            events_due: Backoff::new(),
         }
     }
 
@@ -176,10 +178,10 @@ impl StardustSink {
         format!("$md5${salt}${outer}")
     }
 
-    /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`.
     /// An offset beyond this (±10 years) is a broken server clock, not a skew: ignored.
     const MAX_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
 
+    /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`.
     fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) {
         if let Some(server) = get_i64(data, "serverTime").filter(|t| *t > 0) {
             let now = Self::local_ms();
@@ -406,7 +408,7 @@ impl StardustSink {
     fn enqueue(&mut self, model: &TraceModel) {
         self.keep(model.without_samples());
         if self.next_drain.is_none() {
-            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+            self.next_drain = Some(Instant::now() + QUEUE_RETRY);
         }
     }
 
@@ -427,7 +429,7 @@ impl StardustSink {
     /// Replays queued reports, oldest first, until one fails on the network.
     fn drain(&mut self, deadline: Option<Instant>) {
         // Never hold the uploader for long: the rest waits for the next tick.
-        let budget = Instant::now() + Duration::from_secs(30);
+        let budget = Instant::now() + POST_BUDGET;
         let deadline = Some(deadline.map_or(budget, |d| d.min(budget)));
         while let Some(model) = self.queue.pop_front() {
             match self.upload(&model, deadline) {
@@ -436,7 +438,7 @@ impl StardustSink {
                 Err(e) => {
                     log::debug!("stardust: retry stopped: {e}");
                     self.queue.push_front(model);
-                    self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+                    self.next_drain = Some(Instant::now() + QUEUE_RETRY);
                     return;
                 }
             }
@@ -584,7 +586,7 @@ impl StardustSink {
     }
 
     /// Posts the command replies that are ready, oldest first, until one fails on the network
-    /// (then they wait for `replies_retry`) or `deadline` comes. Needs a login.
+    /// (then they wait for `replies_retry.due`) or `deadline` comes. Needs a login.
     fn post_replies(&mut self, deadline: Option<Instant>) {
         self.replies.extend(self.commands.replies().try_iter());
         while self.replies.len() > MAX_REPLIES {
@@ -620,24 +622,22 @@ impl StardustSink {
                     log::debug!(
                         "stardust: reply to command {} failed ({e}); retrying in {:?}",
                         reply.id,
-                        self.replies_backoff
+                        self.replies_retry.step
                     );
-                    self.replies_retry = Some(Instant::now() + self.replies_backoff);
-                    self.replies_backoff = (self.replies_backoff * 2).min(POST_RETRY_MAX);
+                    self.replies_retry.failed();
                     return;
                 }
             }
             self.replies.pop_front();
         }
-        self.replies_retry = None;
-        self.replies_backoff = POST_RETRY_MIN;
+        self.replies_retry.reset();
     }
 
     /// Posts queued events in batches of at most [`EVENT_BATCH`], until the queue is empty, a
     /// post fails on the network (the batch is kept and retried after a backoff) or `deadline`
     /// (at most 30 s from now) comes. Needs a login.
     fn post_events(&mut self, deadline: Option<Instant>) {
-        let budget = Instant::now() + Duration::from_secs(30);
+        let budget = Instant::now() + POST_BUDGET;
         let deadline = deadline.map_or(budget, |d| d.min(budget));
         loop {
             if self.event_batch.is_empty() {
@@ -645,8 +645,7 @@ impl StardustSink {
                     .extend(self.events.try_iter().take(EVENT_BATCH));
             }
             if self.event_batch.is_empty() {
-                self.events_due = None;
-                self.events_backoff = POST_RETRY_MIN;
+                self.events_due.reset();
                 return;
             }
             if deadline.saturating_duration_since(Instant::now()) < api::MIN_CALL_TIME {
@@ -669,10 +668,9 @@ impl StardustSink {
                     log::debug!(
                         "stardust: posting {} events failed ({e}); retrying in {:?}",
                         self.event_batch.len(),
-                        self.events_backoff
+                        self.events_due.step
                     );
-                    self.events_due = Some(Instant::now() + self.events_backoff);
-                    self.events_backoff = (self.events_backoff * 2).min(POST_RETRY_MAX);
+                    self.events_due.failed();
                     return;
                 }
             }
@@ -692,13 +690,11 @@ impl StardustSink {
         if !self.logged_in || self.api.token.is_none() {
             return;
         }
-        let bound = Some(deadline.min(Instant::now() + Duration::from_secs(1)));
-        match self.api.call(
-            "/App/Logout?reason=Dispose",
-            Body::None,
-            Duration::from_secs(1),
-            bound,
-        ) {
+        let bound = Some(deadline.min(Instant::now() + LOGOUT_MAX));
+        match self
+            .api
+            .call("/App/Logout?reason=Dispose", Body::None, LOGOUT_MAX, bound)
+        {
             Ok(_) => log::debug!("stardust: logged out"),
             Err(e) => log::debug!("stardust: logout failed: {e}"),
         }
@@ -835,6 +831,33 @@ fn report_refused(e: &CallError, model: &TraceModel) {
     );
 }
 
+/// When to post again: [`POST_RETRY_MIN`] after a failure, doubling up to
+/// [`POST_RETRY_MAX`] while failures go on; cleared by a success.
+struct Backoff {
+    due: Option<Instant>,
+    /// The wait after the next failure.
+    step: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            due: None,
+            step: POST_RETRY_MIN,
+        }
+    }
+
+    fn failed(&mut self) {
+        self.due = Some(Instant::now() + self.step);
+        self.step = (self.step * 2).min(POST_RETRY_MAX);
+    }
+
+    fn reset(&mut self) {
+        self.due = None;
+        self.step = POST_RETRY_MIN;
+    }
+}
+
 fn md5_upper(bytes: &[u8]) -> String {
     Md5::digest(bytes)
         .iter()
@@ -876,14 +899,14 @@ impl Sink for StardustSink {
         if can_post {
             let now = Instant::now();
             let replies_waiting = !self.replies.is_empty() || !self.commands.replies().is_empty();
-            if replies_waiting && self.replies_retry.is_none_or(|t| now >= t) {
+            if replies_waiting && self.replies_retry.due.is_none_or(|t| now >= t) {
                 self.post_replies(None);
             }
             let events_waiting = !self.event_batch.is_empty() || !self.events.is_empty();
-            if events_waiting && self.events_due.is_none() {
-                self.events_due = Some(now + EVENT_DELAY);
+            if events_waiting && self.events_due.due.is_none() {
+                self.events_due.due = Some(now + EVENT_DELAY);
             }
-            if self.events_due.is_some_and(|d| now >= d) {
+            if self.events_due.due.is_some_and(|d| now >= d) {
                 self.post_events(None);
             }
         }
@@ -896,8 +919,8 @@ impl Sink for StardustSink {
             next.extend(self.next_ping);
             next.extend(self.next_drain);
             if can_post {
-                next.extend(self.replies_retry);
-                next.extend(self.events_due);
+                next.extend(self.replies_retry.due);
+                next.extend(self.events_due.due);
             }
         }
         next.into_iter().min()
@@ -926,7 +949,7 @@ impl Sink for StardustSink {
             }
         }
         if self.next_drain.is_none() {
-            self.next_drain = Some(Instant::now() + Duration::from_secs(5));
+            self.next_drain = Some(Instant::now() + QUEUE_RETRY);
         }
         let left = Undelivered::of(&self.queue);
         diag::report(
