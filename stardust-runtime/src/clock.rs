@@ -154,10 +154,7 @@ fn ms_per_unit() -> u64 {
 #[cold]
 #[inline(never)]
 fn first_ratio() -> u64 {
-    let a = anchor();
-    if a.use_tsc {
-        calibrate(a);
-    }
+    recalibrate();
     HOT.ms_per_unit.load(Ordering::Acquire)
 }
 

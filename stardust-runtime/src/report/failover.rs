@@ -127,10 +127,17 @@ impl FailoverClient {
     /// client does not fail over on itself (a status, a reply that is not understood), when
     /// the caller retries against a deadline.
     pub(crate) fn fail_over(&mut self) {
+        self.advance(log::Level::Debug, "failed");
+    }
+
+    /// Makes the next server of the list the current one, saying so at `level` with `why`
+    /// the current one is left (nothing with one server).
+    fn advance(&mut self, level: log::Level, why: &str) {
         let next = (self.current + 1) % self.servers.len().max(1);
         if next != self.current {
-            log::debug!(
-                "stardust: {} {} failed; trying {} next",
+            log::log!(
+                level,
+                "stardust: {} {} {why}; trying {} next",
                 self.what,
                 redact_url(&self.servers[self.current]),
                 redact_url(&self.servers[next])
@@ -155,17 +162,8 @@ impl FailoverClient {
             let url = format!("{}{}", self.servers[self.current], req.path);
             match self.once(&url, req, timeout) {
                 Err(HttpError::Unreachable(e)) => {
-                    let next = (self.current + 1) % self.servers.len();
                     let err = HttpError::Unreachable(e);
-                    if next != self.current {
-                        log::warn!(
-                            "stardust: {} {} unreachable ({err}); failing over to {}",
-                            self.what,
-                            redact_url(&self.servers[self.current]),
-                            redact_url(&self.servers[next])
-                        );
-                    }
-                    self.current = next;
+                    self.advance(log::Level::Warn, &format!("unreachable ({err})"));
                     last = err;
                 }
                 other => return other,

@@ -37,11 +37,8 @@ pub(crate) trait Sink: Send {
         FlushOutcome::Delivered
     }
     /// The last cut: report it, deliver what is pending and stop, before `deadline`.
-    fn shutdown(&mut self, model: Option<&TraceModel>, _deadline: Instant) -> FlushOutcome {
-        if let Some(m) = model {
-            self.report(m);
-        }
-        FlushOutcome::Delivered
+    fn shutdown(&mut self, model: Option<&TraceModel>, deadline: Instant) -> FlushOutcome {
+        self.flush(model, deadline)
     }
 }
 

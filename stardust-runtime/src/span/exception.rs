@@ -60,9 +60,8 @@ fn record_in(local: &mut Local, failing: u64, kind: &str, text: &str) {
         return;
     };
     let (start, parent) = (f.start, f.parent);
-    let (last_parent, last_kind) = LAST.with(Cell::get);
     // Only the parent's own *direct* child counts: the same error coming up with `?`.
-    LAST.with(|l| l.set((parent, h)));
+    let (last_parent, last_kind) = LAST.replace((parent, h));
     if last_parent == failing && last_kind == h {
         return;
     }

@@ -14,10 +14,11 @@ pub(crate) fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
         return url.into();
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://{host}{}", &rest[end..]).into(),
-        None => url.into(),
+    let host = without_userinfo(&rest[..end]);
+    if host.len() == end {
+        return url.into();
     }
+    format!("{scheme}://{host}{}", &rest[end..]).into()
 }
 
 #[cfg(test)]
