@@ -269,3 +269,65 @@ fn attaching_a_plain_context_does_not_allocate() {
     assert_eq!(n, 0, "{n} allocations for {TASKS} attached tasks");
     drop(guard);
 }
+
+/// Returns `Pending` once, then `Ready`.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[trace("zero-alloc/held")]
+async fn held_across_awaits(yields: u64) {
+    // A span guard held across real suspensions: at each yield the instrumented future takes
+    // it off the thread's stack with its own span, and puts both back when polled again.
+    let _inner = stardust_runtime::span("zero-alloc/inner");
+    for _ in 0..yields {
+        YieldOnce(false).await;
+    }
+}
+
+#[test]
+fn a_guard_held_across_awaits_does_not_allocate_per_yield() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = Totals::default();
+    let guard =
+        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    warm_up(sync_trace);
+    const YIELDS: u64 = 100;
+    let mut fut = pin!(held_across_awaits(YIELDS));
+    let mut cx = Context::from_waker(Waker::noop());
+    // The first yield sets the future's stash up (one allocation, kept for its life).
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    let n = allocations_in(|| {
+        for _ in 1..YIELDS {
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+        }
+    });
+    assert!(fut.as_mut().poll(&mut cx).is_ready());
+    assert!(stardust_runtime::flush().is_ok());
+    assert_eq!(
+        totals.of("zero-alloc/inner"),
+        1,
+        "the span held was recorded"
+    );
+    assert_eq!(
+        totals.of("zero-alloc/held"),
+        1,
+        "the future's span was recorded"
+    );
+    assert_eq!(
+        n,
+        0,
+        "{n} allocations for {} yields with a guard held",
+        YIELDS - 1
+    );
+    drop(guard);
+}

@@ -272,10 +272,9 @@ where
                 local.stack.remove(b.id);
             } else if b.depth > 1 {
                 b.depth -= 1;
-            } else if let Some((mut own, above)) = local.suspend(b.id) {
+            } else if let Some(mut own) = local.suspend(b.id, &mut b.stash) {
                 // Like the close of an outermost span, `suspend` hands over what finished
                 // inside when the stack is left empty (this may be an idle executor worker).
-                b.stash.extend(above);
                 if panicking && own.error().is_none() {
                     own.extra_mut().error = Some("panicked".to_owned());
                 }

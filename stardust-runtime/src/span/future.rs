@@ -79,9 +79,8 @@ fn exit(state: &mut State, id: u64) {
         return;
     };
     with_local(|local| {
-        if let Some((own, above)) = local.suspend(id) {
+        if let Some(own) = local.suspend(id, stash) {
             *span = Some(own);
-            stash.extend(above);
         }
     });
 }

@@ -258,10 +258,12 @@ impl Local {
     }
 
     /// Takes span `id` and every span above it off the stack (an instrumented future or a
-    /// bridged span yielding): the span, and the spans above it bottom first. When the stack is
-    /// left empty the batch is handed over (the thread may go idle now).
-    pub(crate) fn suspend(&mut self, id: u64) -> Option<(OpenSpan, Vec<OpenSpan>)> {
-        let out = self.stack.suspend(id);
+    /// bridged span yielding): returns the span, and appends the spans above it to `above`,
+    /// bottom first (a vector the caller keeps, so a yield allocates nothing once it has
+    /// grown). When the stack is left empty the batch is handed over (the thread may go idle
+    /// now).
+    pub(crate) fn suspend(&mut self, id: u64, above: &mut Vec<OpenSpan>) -> Option<OpenSpan> {
+        let out = self.stack.suspend(id, above);
         if self.stack.is_empty() {
             self.flush();
         }
@@ -345,11 +347,10 @@ impl Stack {
     }
 
     /// See [`Local::suspend`].
-    fn suspend(&mut self, id: u64) -> Option<(OpenSpan, Vec<OpenSpan>)> {
+    fn suspend(&mut self, id: u64, above: &mut Vec<OpenSpan>) -> Option<OpenSpan> {
         let idx = self.position(id)?;
-        let above: Vec<OpenSpan> = self.spans.drain(idx + 1..).collect();
-        let own = self.spans.pop().expect("index checked");
-        Some((own, above))
+        above.extend(self.spans.drain(idx + 1..));
+        Some(self.spans.pop().expect("index checked"))
     }
 
     /// Puts back a suspended span and the spans that were above it.
