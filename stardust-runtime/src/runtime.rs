@@ -107,8 +107,9 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     #[cfg_attr(not(feature = "skywalking"), allow(unused_mut))]
     let mut taps: Vec<Box<dyn Tap>> = Vec::new();
+    // The seam holds one propagator beside the built-in headers.
     #[cfg_attr(not(feature = "skywalking"), allow(unused_mut))]
-    let mut propagators: Vec<std::sync::Arc<dyn seam::Propagator>> = Vec::new();
+    let mut propagator: Option<std::sync::Arc<dyn seam::Propagator>> = None;
     #[cfg(feature = "skywalking")]
     let skywalking = if config.skywalking.backends.is_empty() {
         None
@@ -119,7 +120,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             config.request_timeout,
         )?;
         taps.push(started.tap);
-        propagators.push(started.propagator);
+        propagator = Some(started.propagator);
         Some(started.handle)
     };
     #[cfg(feature = "skywalking")]
@@ -210,7 +211,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
     if let Some(event_tx) = event_queue {
         events::install(event_tx, waker);
     }
-    for p in propagators {
+    if let Some(p) = propagator {
         seam::install(p);
     }
     // The first tick ratio, measured over the time `init` took (no busy wait: see `clock`).
@@ -284,19 +285,14 @@ fn application_version(config: &Config) -> Option<String> {
 /// and the error say how many reports and spans).
 pub fn flush() -> Result<(), FlushError> {
     local::flush_thread();
-    let (tx, timeout) = {
-        let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        match running.as_ref() {
-            Some(r) => (r.tx.clone(), r.shutdown_timeout),
-            None => return Err(FlushError::NotRunning),
-        }
+    let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(r) = running.as_ref() else {
+        return Err(FlushError::NotRunning);
     };
+    let (tx, timeout) = (r.tx.clone(), r.shutdown_timeout);
     #[cfg(feature = "skywalking")]
-    let skywalking = RUNNING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .and_then(|r| r.skywalking.as_ref().map(|h| h.control()));
+    let skywalking = r.skywalking.as_ref().map(|h| h.control());
+    drop(running);
     let deadline = Instant::now() + timeout.max(Duration::from_secs(1));
     // The reporters stop a little earlier, so their answer is here by the deadline.
     let reporters_deadline = deadline - Duration::from_millis(50);
