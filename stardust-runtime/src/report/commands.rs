@@ -362,7 +362,11 @@ impl Dispatcher {
         self.seen.retain(|_, until| *until > now);
         for v in list {
             let Some(cmd) = parse_command(v) else {
-                log::debug!("stardust: ignoring a command that does not read: {v}");
+                // Not the command itself: its argument may carry a secret.
+                log::debug!(
+                    "stardust: ignoring a command that does not read ({} bytes of JSON)",
+                    v.to_string().len()
+                );
                 continue;
             };
             if cmd.id <= 0 || cmd.name.trim().is_empty() {
