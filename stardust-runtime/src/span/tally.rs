@@ -13,9 +13,10 @@
 //! ends in. The first span of a period on a thread restarts that half (its contents are two
 //! periods old and were read at their cut).
 //!
-//! **The cut** (aggregator thread): advance the epoch, then wait until no thread is inside a
-//! close that may still have loaded the old one (each thread's `busy` flag, set around every
-//! close), then read the old epoch's halves. A thread sets `busy` before it loads the epoch
+//! **The cut** (aggregator thread): advance the epoch, then wait until each thread has been seen
+//! outside a close once (each thread's `busy` flag, set around every close): from then on its
+//! closes load the new epoch. Then read the old epoch's halves. Threads are waited for one at a
+//! time, not for a moment when all are idle at once, which busy threads may never give. A thread sets `busy` before it loads the epoch
 //! (a compiler fence keeps that order; the store becomes visible within microseconds, and the
 //! aggregator first waits [`GRACE`]). A thread that stays inside a close for longer than the
 //! cut waits (stopped, or starved for CPU) is read as it is, and read again at the next cut:
@@ -351,9 +352,9 @@ impl Collector {
     }
 
     /// Reads every thread's counters of `epoch`, which the caller has just ended (the global
-    /// epoch is past it): waits [`GRACE`], then until no thread is inside a close (at most
-    /// until `limit`), then calls `f` with each slot's counts. Tables of exited threads are
-    /// dropped once read.
+    /// epoch is past it): waits [`GRACE`], then until each thread has been seen outside a
+    /// close (at most until `limit`), then calls `f` with each slot's counts. Tables of exited
+    /// threads are dropped once read.
     pub(crate) fn collect(&mut self, epoch: u32, limit: Instant, mut f: impl FnMut(u32, &Counts)) {
         self.tables.clear();
         self.tables.extend(
@@ -367,12 +368,25 @@ impl Collector {
             return;
         }
         std::thread::sleep(GRACE);
-        while self.tables.iter().any(|t| t.busy.load(Ordering::Acquire)) && Instant::now() < limit {
-            std::thread::sleep(GRACE);
-        }
+        // Once seen outside a close, a thread adds nothing more to the old epoch: its later
+        // closes load the new one. A thread still inside a close at `limit` is read as it is.
+        let stalled: Vec<bool> = self
+            .tables
+            .iter()
+            .map(|t| {
+                loop {
+                    if !t.busy.load(Ordering::Acquire) {
+                        break false;
+                    }
+                    if Instant::now() >= limit {
+                        break true;
+                    }
+                    std::thread::sleep(GRACE);
+                }
+            })
+            .collect();
         let mut dead = false;
-        for table in &self.tables {
-            let still_busy = table.busy.load(Ordering::Acquire);
+        for (table, &still_busy) in self.tables.iter().zip(&stalled) {
             let mut taken = Vec::new();
             each_half(table, epoch, |slot, counts| {
                 f(slot, &counts);
