@@ -1,8 +1,10 @@
 //! Shared helpers for the end-to-end tests: a reporter that hands every period's model to the
 //! test, and a lock that keeps runtime-initialising tests of one binary from overlapping.
 
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use stardust_runtime::{Reporter, TraceModel};
@@ -12,6 +14,74 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Only one test of a binary may run the (process-global) runtime at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Threads that run until told to stop, and are told to stop and joined when this is dropped:
+/// a test that fails (panics) while they run does not leave them running into the next test
+/// of its binary, where their spans would land in that test's counts.
+///
+/// ```no_run
+/// # use stardust_test_support::common::Workers;
+/// let mut workers = Workers::new();
+/// for _ in 0..4 {
+///     workers.spawn(|stop| {
+///         while !stop.load(std::sync::atomic::Ordering::Relaxed) { /* traced calls */ }
+///     });
+/// }
+/// // ... assertions: a panic here stops and joins the workers on unwind ...
+/// workers.stop(); // or drop(workers); `stop` also re-raises a worker's panic
+/// ```
+#[derive(Default)]
+pub struct Workers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a thread running `body`, which should return soon after the flag it gets is set.
+    pub fn spawn(&mut self, body: impl FnOnce(&AtomicBool) + Send + 'static) {
+        let stop = self.stop.clone();
+        self.handles.push(std::thread::spawn(move || body(&stop)));
+    }
+
+    /// Sets the stop flag and joins every thread; a worker's panic is raised here.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` has passed; returns whether it held.
+/// For waiting on a condition itself rather than sleeping a guessed time: give a generous
+/// timeout, as a loaded 2-core CI machine may be many times slower than a workstation.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Sends each report to the test.

@@ -320,7 +320,8 @@ impl On {
     }
 }
 
-/// An injected fault. The request is always recorded (with the fault) before it applies.
+/// An injected fault. The request is always recorded (with the fault) before the fault applies;
+/// the rule that gave it is used up a moment earlier (see [`FakeStardust::pending_faults`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Reply this HTTP status with a small text/plain body; nothing is processed.
@@ -672,6 +673,9 @@ pub(crate) struct Config {
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
     pub fault: Option<Fault>,
+    /// The release generation when the fault was taken: a `Hang` waits for a later one, so a
+    /// release between taking the fault and hanging is not missed.
+    pub hang_gen: u64,
     pub peer: Option<SocketAddr>,
 }
 
@@ -693,9 +697,14 @@ impl Shared {
         unix_ms_now() + lock(&self.cfg).settings.clock_offset_ms
     }
 
-    pub fn take_fault(&self, ep: Endpoint) -> Option<Fault> {
+    /// The fault for a request to `ep`, if a rule matches (using up one of a counted rule's
+    /// turns), with the release generation of hung requests at that moment.
+    pub fn take_fault(&self, ep: Endpoint) -> (Option<Fault>, u64) {
         let mut fs = lock(&self.faults);
-        let idx = fs.rules.iter().position(|r| r.on.matches(ep))?;
+        let hang_gen = fs.hang_gen;
+        let Some(idx) = fs.rules.iter().position(|r| r.on.matches(ep)) else {
+            return (None, hang_gen);
+        };
         let rule = &mut fs.rules[idx];
         let fault = rule.fault.clone();
         if let Some(n) = rule.remaining.as_mut() {
@@ -704,7 +713,7 @@ impl Shared {
                 fs.rules.remove(idx);
             }
         }
-        Some(fault)
+        (Some(fault), hang_gen)
     }
 
     /// Sleep up to `d`; returns early (false) if the server stops.
@@ -728,9 +737,10 @@ impl Shared {
     }
 
     /// Block until hangs are released (true) or the server stops (false).
-    pub fn hang(&self) -> bool {
+    /// Waits until hung requests are released after generation `gen0` (the one current when
+    /// the fault was taken); false if the server stops first.
+    pub fn hang(&self, gen0: u64) -> bool {
         let mut g = lock(&self.faults);
-        let gen0 = g.hang_gen;
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return false;
@@ -1221,7 +1231,9 @@ impl FakeStardust {
         lock(&self.shared.faults).hang_gen += 1;
         self.shared.fault_cv.notify_all();
     }
-    /// Number of fault rules still armed.
+    /// Number of fault rules still armed. A rule is used up when a request meets it, before
+    /// that request is recorded: to act on what a fault did, wait (`wait_for`) for the recorded
+    /// request carrying it, not for this count to reach zero.
     pub fn pending_faults(&self) -> usize {
         lock(&self.shared.faults).rules.len()
     }

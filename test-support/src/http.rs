@@ -24,7 +24,8 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 }
 
 /// A server on 127.0.0.1 answering `n` requests with 200 `ok`, recording their headers;
-/// returns its base URL and the headers seen so far.
+/// returns its base URL and the headers seen so far. It stops after `n` requests, or after a
+/// minute without one (generous, for a loaded machine; it produces no spans meanwhile).
 pub fn downstream(n: usize) -> (String, Arc<Mutex<Vec<Headers>>>) {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
     let url = format!(
@@ -35,7 +36,7 @@ pub fn downstream(n: usize) -> (String, Arc<Mutex<Vec<Headers>>>) {
     let s = seen.clone();
     std::thread::spawn(move || {
         for _ in 0..n {
-            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(10)) else {
+            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(60)) else {
                 return;
             };
             s.lock().unwrap().push(headers_of(&req));

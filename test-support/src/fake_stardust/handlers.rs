@@ -215,7 +215,9 @@ pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
     let pending = rq
         .remote_addr()
         .and_then(|a| lock(&sh.pending).remove(&a.port()));
-    let (fault, peer) = pending.map(|p| (p.fault, p.peer)).unwrap_or((None, None));
+    let (fault, hang_gen, peer) = pending
+        .map(|p| (p.fault, p.hang_gen, p.peer))
+        .unwrap_or((None, 0, None));
     let method = rq.method().to_string();
     let target = rq.url().to_string();
     let headers: Vec<(String, String)> = rq
@@ -253,7 +255,7 @@ pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
 
     match &fault {
         Some(Fault::Slow(d)) if !sh.sleep(*d) => return,
-        Some(Fault::Hang) if !sh.hang() => return,
+        Some(Fault::Hang) if !sh.hang(hang_gen) => return,
         _ => {}
     }
     let reply = match &fault {

@@ -367,7 +367,7 @@ fn handle_conn(sh: &Arc<Shared>, client: TcpStream) {
             _ => break,
         };
         let endpoint = Endpoint::from_path(&req.target);
-        let fault = sh.take_fault(endpoint);
+        let (fault, hang_gen) = sh.take_fault(endpoint);
         if fault == Some(Fault::Drop) {
             let headers = req
                 .headers
@@ -387,6 +387,7 @@ fn handle_conn(sh: &Arc<Shared>, client: TcpStream) {
                 port,
                 Pending {
                     fault: fault.clone(),
+                    hang_gen,
                     peer,
                 },
             );
