@@ -6,9 +6,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stardust_runtime::{Config, trace};
+use stardust_test_support::common::Workers;
 
 #[trace("diag/op")]
 fn op() {}
@@ -40,7 +42,10 @@ fn child(url: &str) {
             .app_id("DiagApp")
             .first_report_delay(Duration::from_millis(100))
             .period(Duration::from_secs(1))
-            .request_timeout(Duration::from_millis(500))
+            // Long: on a loaded machine the HTML server's answer may be slow to come, and a
+            // login that timed out would be reported as a slow server instead. (A refused
+            // connection and an HTML page are answered at once, so nothing waits this long.)
+            .request_timeout(Duration::from_secs(30))
             .shutdown_timeout(Duration::from_millis(800)),
     )
     .unwrap();
@@ -86,13 +91,25 @@ fn closed_port() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// A server that answers every request with an HTML page (a web server, not Stardust).
-fn html_server() -> String {
+/// A server that answers every request with an HTML page (a web server, not Stardust). It
+/// serves until the returned [`Workers`] is stopped or dropped (also when the test fails), so
+/// it never outlives its test.
+fn html_server() -> (String, Workers) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in l.incoming().take(200) {
-            let Ok(mut s) = stream else { continue };
+    l.set_nonblocking(true).unwrap();
+    let mut server = Workers::new();
+    server.spawn(move |stop| {
+        while !stop.load(Ordering::Relaxed) {
+            let mut s = match l.accept() {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    // Nothing to accept yet (or a failed accept): look again shortly.
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            let _ = s.set_nonblocking(false);
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let mut r = BufReader::new(s.try_clone().unwrap());
             let mut len = 0usize;
@@ -113,7 +130,7 @@ fn html_server() -> String {
             );
         }
     });
-    url
+    (url, server)
 }
 
 fn stardust_lines(stderr: &str) -> Vec<&str> {
@@ -144,8 +161,9 @@ fn a_refused_server_is_shown_on_stderr_once_with_a_hint() {
 
 #[test]
 fn an_html_server_is_named_not_stardust() {
-    let url = html_server();
+    let (url, server) = html_server();
     let err = run_child(&url, false);
+    server.stop();
     assert!(
         err.contains("does not answer like a Stardust server"),
         "{err}"

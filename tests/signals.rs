@@ -4,12 +4,28 @@
 #![cfg(all(feature = "signals", unix))]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::RecvTimeoutError;
 use stardust_runtime::{Config, Reporter, TraceModel, trace};
+use stardust_test_support::common;
 
 const CHILD: &str = "STARDUST_SIGNALS_CHILD";
+/// Deadline of each wait for the child (to be ready, to exit): long enough for a loaded
+/// machine, so that only a child that hangs fails it (a wait that passes ends at once).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The child process, killed and reaped when dropped: a failing test does not leave it
+/// running (it would sleep forever).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[trace("signals/op")]
 fn op() {}
@@ -53,35 +69,73 @@ fn child_entry() {
 
 #[test]
 fn sigterm_reports_the_last_period_then_exits_143() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "child ended early");
-        if line.trim_end().ends_with("READY") {
-            break;
+    // Scoped: the thread reading the child's stdout is joined before the test ends. On a
+    // panic the child is killed first (it is dropped inside the scope), which ends the reader.
+    let (status, rest) = std::thread::scope(|s| {
+        let mut child = KillOnDrop(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "child_entry",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        // The child's stdout line by line, so that every wait below has a deadline; the
+        // channel disconnects when the child's stdout closes (it exited).
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, lines) = crossbeam_channel::unbounded::<String>();
+        s.spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match lines.recv_deadline(deadline) {
+                Ok(line) if line.trim_end().ends_with("READY") => break,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("the child was not ready after {WAIT:?}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("child ended early"),
+            }
         }
-    }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = child.wait().unwrap();
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + WAIT;
+        let mut rest = String::new();
+        loop {
+            match lines.recv_deadline(deadline) {
+                Ok(line) => {
+                    rest.push_str(&line);
+                    rest.push('\n');
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("the child did not exit within {WAIT:?} of SIGTERM; stdout: {rest}")
+                }
+            }
+        }
+        let mut status = None;
+        assert!(
+            common::wait_until(WAIT, || {
+                status = child.0.try_wait().unwrap();
+                status.is_some()
+            }),
+            "the child closed its stdout but did not exit; stdout: {rest}"
+        );
+        (status.unwrap(), rest)
+    });
     assert_eq!(status.code(), Some(143), "exit status; stdout: {rest}");
     let reported: i64 = rest
         .lines()

@@ -2,12 +2,13 @@
 //! CA is configured, refused with a clear error otherwise, never a fall-back to plain HTTP.
 //! Also: neither the secret nor the token ever appears in the diagnostics log.
 
-use stardust_test_support::common;
+use stardust_test_support::common::{self, Workers};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stardust_runtime::{Config, InitError};
 
@@ -56,7 +57,9 @@ struct Seen {
 }
 
 /// A minimal HTTPS Stardust: answers login with a token and everything else with success.
-fn https_server() -> (String, String, Arc<Mutex<Seen>>) {
+/// It accepts connections until the returned [`Workers`] is stopped or dropped (also when the
+/// test fails), so it never outlives its test; each connection ends with the client's.
+fn https_server() -> (String, String, Arc<Mutex<Seen>>, Workers) {
     let ck =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert_pem = ck.cert.pem();
@@ -76,15 +79,25 @@ fn https_server() -> (String, String, Arc<Mutex<Seen>>) {
     let url = format!("https://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Seen::default()));
     let seen2 = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(tcp) = conn else { return };
-            let config = config.clone();
-            let seen = seen2.clone();
-            std::thread::spawn(move || serve(tcp, config, &seen));
+    listener.set_nonblocking(true).unwrap();
+    let mut accept = Workers::new();
+    accept.spawn(move |stop| {
+        while !stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((tcp, _)) => {
+                    tcp.set_nonblocking(false).unwrap();
+                    let config = config.clone();
+                    let seen = seen2.clone();
+                    std::thread::spawn(move || serve(tcp, config, &seen));
+                }
+                Err(_) => {
+                    // Nothing to accept yet (or a failed accept): look again shortly.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     });
-    (url, cert_pem, seen)
+    (url, cert_pem, seen, accept)
 }
 
 fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, seen: &Mutex<Seen>) {
@@ -151,15 +164,10 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, seen: &Mutex<Seen>) 
     }
 }
 
-fn wait(mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+/// Waits for something that only has to happen eventually: long enough for a loaded machine
+/// (a wait that passes ends at once).
+fn wait(f: impl FnMut() -> bool) -> bool {
+    common::wait_until(Duration::from_secs(60), f)
 }
 
 fn config(url: &str) -> Config {
@@ -177,8 +185,16 @@ fn config(url: &str) -> Config {
 fn https_with_the_test_ca_configured_is_trusted() {
     let _serial = common::serial();
     logs();
-    let (url, ca, seen) = https_server();
-    let guard = stardust_runtime::init_with(config(&url).tls_ca_pem(ca)).unwrap();
+    let (url, ca, seen, _server) = https_server();
+    // The flush below must not run out of time on a loaded machine (TLS handshakes of a debug
+    // build are slow); it ends as soon as it has delivered.
+    let guard = stardust_runtime::init_with(
+        config(&url)
+            .tls_ca_pem(ca)
+            .request_timeout(Duration::from_secs(30))
+            .shutdown_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
     assert!(
         wait(|| seen.lock().unwrap().paths.iter().any(|p| p == "/App/Login")),
         "login over TLS"
@@ -208,7 +224,7 @@ fn https_with_the_test_ca_configured_is_trusted() {
 fn https_without_the_ca_is_refused_clearly_and_never_downgraded() {
     let _serial = common::serial();
     logs();
-    let (url, _ca, seen) = https_server();
+    let (url, _ca, seen, _server) = https_server();
     let guard = stardust_runtime::init_with(config(&url)).unwrap();
     assert!(
         wait(|| seen.lock().unwrap().failed_handshakes > 0),
