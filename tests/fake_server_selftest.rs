@@ -119,8 +119,12 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Resp> {
-    http_timeout(fake, method, path, headers, body, Duration::from_secs(5))
+    http_timeout(fake, method, path, headers, body, REPLY_TIMEOUT)
 }
+
+/// How long the test's client waits for a reply that is due: long, as a loaded CI machine may
+/// be slow to answer; a reply that comes returns at once, so it costs nothing.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn post_json(fake: &FakeStardust, path: &str, headers: &[(&str, &str)], v: &Value) -> Resp {
     let mut h = vec![("Content-Type", "application/json")];
@@ -189,6 +193,7 @@ fn login_salted_secret_ok() {
             Some(salted_secret("s3cret-value", common::now_ms() / 1000)),
         ),
     );
+    let t1 = common::now_ms();
     assert_eq!(r.status, 200);
     let j = r.json();
     assert_eq!(j["code"], 0, "{j}");
@@ -199,13 +204,23 @@ fn login_salted_secret_ok() {
     );
     assert_eq!(d["secret"], Value::Null, "no disclosure on a good secret");
     assert_eq!(d["expire"], 7200);
-    assert!((d["serverTime"].as_i64().unwrap() - t0).abs() < 5000);
+    // Unix ms of the server's clock while it answered: between the times before and after.
+    let server_time = d["serverTime"].as_i64().unwrap();
+    assert!(
+        (t0..=t1).contains(&server_time),
+        "{server_time} not in {t0}..={t1}"
+    );
     let token = d["token"].as_str().unwrap();
     assert_eq!(token.split('.').count(), 3);
     let p = decode_token_payload(token).unwrap();
     assert_eq!(p["sub"], "App1");
     assert_eq!(p["jti"], CID);
-    assert!((p["exp"].as_i64().unwrap() - (t0 / 1000 + 7200)).abs() <= 2);
+    // 7200 s after issue, rounded up to whole seconds.
+    let exp = p["exp"].as_i64().unwrap();
+    assert!(
+        (t0 / 1000 + 7200..=t1 / 1000 + 7201).contains(&exp),
+        "exp {exp}, login between {t0} and {t1} ms"
+    );
     assert!(fake.verify_token(token).is_some());
     let l = fake.logins();
     assert_eq!(l.len(), 1);
@@ -461,13 +476,13 @@ fn ping_token_lookup_and_errors() {
         401
     );
     // unknown app → 403
-    let stranger = fake.mint_token("Stranger", CID, 60);
+    let stranger = fake.mint_token("Stranger", CID, 3600);
     assert_eq!(
         ping(&[("Authorization", &bearer(&stranger))], "/App/Ping")["code"],
         403
     );
     // a body is required
-    let good = fake.mint_token("App1", CID, 60);
+    let good = fake.mint_token("App1", CID, 3600);
     let r = http(
         &fake,
         "POST",
@@ -482,13 +497,14 @@ fn ping_token_lookup_and_errors() {
 
 #[test]
 fn ping_refreshes_token_near_expiry_and_real_expiry() {
+    // A 5 min token: inside the 10 min refresh window, and still valid however slow the
+    // machine is between its login and the ping that uses it.
     let fake = FakeStardust::builder()
         .app("App1", None)
-        .token_lifetime(Duration::from_secs(1))
+        .token_lifetime(Duration::from_secs(300))
         .start();
-    let t_login = Instant::now();
     let j = post_json(&fake, "/App/Login", &[], &login_body("App1", None)).json();
-    assert_eq!(j["data"]["expire"], 1);
+    assert_eq!(j["data"]["expire"], 300);
     let token = j["data"]["token"].as_str().unwrap().to_string();
     // expires within the 10 min window → a fresh token
     fake.set_token_lifetime(Duration::from_secs(3600));
@@ -515,12 +531,18 @@ fn ping_refreshes_token_near_expiry_and_real_expiry() {
     )
     .json();
     assert!(j["data"]["token"].is_null());
-    // the 1 s token really expires (exp is whole seconds, so it lives 1..2 s)
-    let t = Instant::now();
-    while fake.verify_token(&token).is_some() {
-        assert!(t.elapsed() < Duration::from_secs(3), "token never expired");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // a 1 s token really expires (exp is whole seconds, so it lives 1..2 s)
+    fake.set_token_lifetime(Duration::from_secs(1));
+    let t_login = Instant::now();
+    let j = post_json(&fake, "/App/Login", &[], &login_body("App1", None)).json();
+    assert_eq!(j["data"]["expire"], 1);
+    let short = j["data"]["token"].as_str().unwrap().to_string();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || fake
+            .verify_token(&short)
+            .is_none()),
+        "token never expired"
+    );
     assert!(
         t_login.elapsed() >= Duration::from_secs(1),
         "a 1 s token must live at least 1 s"
@@ -528,7 +550,7 @@ fn ping_refreshes_token_near_expiry_and_real_expiry() {
     let j = post_json(
         &fake,
         "/App/Ping",
-        &[("Authorization", &bearer(&token))],
+        &[("Authorization", &bearer(&short))],
         &json!({}),
     )
     .json();
@@ -778,8 +800,14 @@ fn builder_drop_rules_follow_server_clock() {
 
     // A server clock 2 days behind rejects the local "now" as the future; its own now is fine.
     fake.set_clock_offset_ms(-2 * day);
+    let t0 = common::now_ms();
     let j = post_json(&fake, "/App/Login", &[], &login_body("App1", None)).json();
-    assert!((j["data"]["serverTime"].as_i64().unwrap() - (now - 2 * day)).abs() < 5000);
+    let t1 = common::now_ms();
+    let server_time = j["data"]["serverTime"].as_i64().unwrap();
+    assert!(
+        (t0 - 2 * day..=t1 - 2 * day).contains(&server_time),
+        "{server_time} is not 2 days before {t0}..={t1}"
+    );
     fake.clear_records();
     post_json(
         &fake,
@@ -990,77 +1018,109 @@ fn fault_refused_connections_and_reopen() {
 
 #[test]
 fn fault_slow_and_hang() {
-    let fake = FakeStardust::start();
-    fake.push_fault(On::Login, Fault::slow(Duration::from_millis(300)));
-    let t = Instant::now();
-    let r = post_json(&fake, "/App/Login", &[], &login_body("App1", None));
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(r.json()["code"], 0, "slow replies are processed normally");
+    // The clients that wait for hung requests run in this scope and the fake lives in it: a
+    // failing assertion drops the fake first (resetting their connections), so they end and are
+    // joined before the panic leaves the test.
+    std::thread::scope(|scope| {
+        let fake = FakeStardust::start();
+        fake.push_fault(On::Login, Fault::slow(Duration::from_millis(300)));
+        let t = Instant::now();
+        let r = post_json(&fake, "/App/Login", &[], &login_body("App1", None));
+        // A lower bound: a slow machine only makes the reply later.
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.json()["code"], 0, "slow replies are processed normally");
 
-    // a hung request times out on the client...
-    fake.set_fault(On::Ping, Fault::Hang);
-    let r = http_timeout(
-        &fake,
-        "POST",
-        "/App/Ping",
-        &[("Content-Type", "application/json")],
-        b"{}",
-        Duration::from_millis(200),
-    );
-    assert!(
-        matches!(
-            r.as_ref().map_err(|e| e.kind()),
-            Err(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-        ),
-        "{r:?}"
-    );
-    // ...and is answered once released
-    let addr = fake.addr();
-    let h = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&request_bytes(
+        // a hung request times out on the client (it never gets an answer, however long this
+        // takes)...
+        fake.set_fault(On::Ping, Fault::Hang);
+        let r = http_timeout(
+            &fake,
             "POST",
             "/App/Ping",
             &[("Content-Type", "application/json")],
             b"{}",
-            true,
-        ))
-        .unwrap();
-        read_resp(&mut BufReader::new(s))
-    });
-    assert!(fake.wait_for(|r| r.requests.len() == 3, Duration::from_secs(2)));
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!h.is_finished());
-    fake.clear_faults();
-    let r = h.join().unwrap().expect("answered after release");
-    assert_eq!(r.json()["code"], 401);
-    assert!(!fake.wait_for(|r| r.requests.len() > 3, Duration::from_millis(50)));
-
-    // dropping the server with a hung request is bounded
-    fake.set_fault(On::Any, Fault::Hang);
-    let addr = fake.addr();
-    let h = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(&request_bytes("GET", "/App/Logout", &[], b"", true))
+            Duration::from_millis(200),
+        );
+        assert!(
+            matches!(
+                r.as_ref().map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+            ),
+            "{r:?}"
+        );
+        // ...and is answered once released
+        let addr = fake.addr();
+        let h = scope.spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(HUNG_CLIENT_TIMEOUT)).unwrap();
+            s.write_all(&request_bytes(
+                "POST",
+                "/App/Ping",
+                &[("Content-Type", "application/json")],
+                b"{}",
+                true,
+            ))
             .unwrap();
-        read_resp(&mut BufReader::new(s))
+            read_resp(&mut BufReader::new(s))
+        });
+        assert!(fake.wait_for(|r| r.requests.len() == 3, Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!h.is_finished(), "a hung request was answered");
+        fake.clear_faults();
+        // The fake reads a hang's release generation only after recording the request, so a
+        // release in that instant would be missed (a race in the fake, not in what this
+        // checks): release again until the answer is in.
+        assert!(
+            common::wait_until(Duration::from_secs(30), || {
+                fake.release_hangs();
+                h.is_finished()
+            }),
+            "the released request was not answered"
+        );
+        let r = h.join().unwrap().expect("answered after release");
+        assert_eq!(r.json()["code"], 401);
+        assert!(!fake.wait_for(|r| r.requests.len() > 3, Duration::from_millis(50)));
+
+        // dropping the server with a hung request is bounded
+        fake.set_fault(On::Any, Fault::Hang);
+        let addr = fake.addr();
+        let h = scope.spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(HUNG_CLIENT_TIMEOUT)).unwrap();
+            s.write_all(&request_bytes("GET", "/App/Logout", &[], b"", true))
+                .unwrap();
+            read_resp(&mut BufReader::new(s))
+        });
+        assert!(fake.wait_for(|r| r.requests.len() == 4, Duration::from_secs(30)));
+        let t = Instant::now();
+        drop(fake);
+        // A drop that waited for the hung request would never return (only the fake releases
+        // a hang); a bounded one takes well under a second, so 20 s leaves any loaded machine
+        // room.
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "drop took {:?}",
+            t.elapsed()
+        );
+        let r = h.join().unwrap();
+        assert!(r.is_err(), "the hung client gets no answer: {r:?}");
+        assert!(
+            !matches!(
+                r.as_ref().map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+            ),
+            "the drop closes the hung client's connection (it did not wait {HUNG_CLIENT_TIMEOUT:?}): {r:?}"
+        );
     });
-    assert!(fake.wait_for(|r| r.requests.len() == 4, Duration::from_secs(2)));
-    let t = Instant::now();
-    drop(fake);
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "drop took {:?}",
-        t.elapsed()
-    );
-    assert!(h.join().unwrap().is_err(), "the hung client gets no answer");
 }
+
+/// How long a client waits for a hung request: far longer than the test takes to release it or
+/// drop the fake, so only those end its wait.
+const HUNG_CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---- transport --------------------------------------------------------------------------------
 
@@ -1068,7 +1128,7 @@ fn fault_slow_and_hang() {
 fn keep_alive_chunked_and_expect_continue_through_the_proxy() {
     let fake = FakeStardust::start();
     let mut s = TcpStream::connect(fake.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     let mut rd = BufReader::new(s.try_clone().unwrap());
     // two requests on one connection
     let body = login_body("App1", None).to_string();
@@ -1469,7 +1529,13 @@ fn login_compile_is_recorded_and_checked() {
 
     // what a wrong Compile looks like
     login("127.0.0.1@5", json!(build / 1000), "0.3.0"); // seconds
-    login("127.0.0.1@6", json!(common::now_ms()), "0.3.0"); // "now"
+    // "now": the login's own Time (a clock read just before it could be a slow second off)
+    let mut b = login_body("App1", None);
+    b["ClientId"] = json!("127.0.0.1@6");
+    b["Compile"] = b["Time"].clone();
+    b["Version"] = json!("0.3.0");
+    let j = post_json(&fake, "/App/Login", &[], &b).json();
+    assert_eq!(j["code"], 0, "{j}");
     login("127.0.0.1@7", json!(common::now_ms() + day), "0.3.0");
     login("127.0.0.1@8", json!(100_000_000_000i64), "0.3.0"); // 1973
     login(CID, json!(build - 5000), "0.1.0"); // this process sent another build time before
@@ -1846,12 +1912,14 @@ fn events_are_recorded_and_checked() {
     // accepted but against the guidance: long remark (cut to 2000), odd type, seconds, no name,
     // more than 100 in one batch
     fake.clear_records();
+    let sent = common::now_ms();
     let j = post(json!([
         {"Time": now, "Type": "info", "Name": "r", "Remark": "x".repeat(2500)},
         {"Time": now / 1000, "Type": "warn", "Name": null},
         {"Type": "info", "Name": "t0"},
     ]))
     .json();
+    let answered = common::now_ms();
     assert_eq!(j["data"], 3);
     let ev = fake.events();
     assert_eq!(ev[0].remark.as_ref().unwrap().len(), 2000);
@@ -1861,8 +1929,9 @@ fn events_are_recorded_and_checked() {
         "seconds are read as seconds"
     );
     assert!(
-        (ev[2].created_ms - now).abs() < 5000,
-        "no Time → arrival time"
+        (sent..=answered).contains(&ev[2].created_ms),
+        "no Time → arrival time: {} not in {sent}..={answered}",
+        ev[2].created_ms
     );
     assert_eq!(
         rules(&fake),

@@ -23,6 +23,11 @@ use stardust_runtime::skywalking::correlation;
 use stardust_runtime::{Config, SpanContext, entry_span, exit_span, init_with};
 use support::fake_oap::FakeOap;
 
+/// How long the guard's drop may take to post the segment to the fake OAP, and how long the
+/// test waits for it there: far longer than needed (both return as soon as it is done), so a
+/// loaded machine cannot make them give up.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The package the cross-check pins.
 const PACKAGE: &str = "apache-skywalking==1.3.0";
 
@@ -164,7 +169,8 @@ fn python_decodes_our_sw8_to_the_same_fields() {
             .console(false)
             .skywalking(&oap.base_url())
             .skywalking_service("订单-service")
-            .skywalking_instance("orders@host-1"),
+            .skywalking_instance("orders@host-1")
+            .shutdown_timeout(DELIVERY_TIMEOUT),
     )
     .unwrap();
     let mut headers: HashMap<String, String> = HashMap::new();
@@ -176,7 +182,7 @@ fn python_decodes_our_sw8_to_the_same_fields() {
         exit.inject(&mut headers);
     }
     drop(guard);
-    assert!(oap.wait_for(|s| !s.segments.is_empty(), Duration::from_secs(5)));
+    assert!(oap.wait_for(|s| !s.segments.is_empty(), DELIVERY_TIMEOUT));
     oap.assert_no_violations();
     let seg = &oap.segments()[0];
     let exit = seg["spans"]
@@ -226,7 +232,8 @@ fn we_decode_python_sw8_to_the_same_fields() {
         Config::new()
             .console(false)
             .skywalking(&oap.base_url())
-            .skywalking_service("rust-svc"),
+            .skywalking_service("rust-svc")
+            .shutdown_timeout(DELIVERY_TIMEOUT),
     )
     .unwrap();
     let ctx = SpanContext::extract(&headers).expect("python's sw8 gives a context");
@@ -238,7 +245,7 @@ fn we_decode_python_sw8_to_the_same_fields() {
     assert_eq!(tenant.as_deref(), Some("acme"));
     assert_eq!(region.as_deref(), Some("eu-1"));
     drop(guard);
-    assert!(oap.wait_for(|s| !s.segments.is_empty(), Duration::from_secs(5)));
+    assert!(oap.wait_for(|s| !s.segments.is_empty(), DELIVERY_TIMEOUT));
     oap.assert_no_violations();
     let seg = &oap.segments()[0];
     assert_eq!(seg["traceId"], trace);

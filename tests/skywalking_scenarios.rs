@@ -47,12 +47,29 @@ fn decode_sw8(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long `flush()` and the guard's drop may take to post to the fake OAP: far longer than
+/// they need, so a loaded machine cannot make them give up (they return as soon as they are
+/// done).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn sw_config(oap: &FakeOap, service: &str) -> Config {
     Config::new()
         .console(false)
         .skywalking(&oap.base_url())
         .skywalking_service(service)
         .skywalking_instance(format!("{service}-1"))
+        .shutdown_timeout(DELIVERY_TIMEOUT)
+}
+
+/// Kills the child process when dropped (a failing test does not leave it running); after a
+/// successful `wait` this does nothing.
+struct ChildProcess(std::process::Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn traced_agent() -> ureq::Agent {
@@ -281,13 +298,15 @@ fn backend_process() {
             .console(false)
             .skywalking(&oap)
             .skywalking_service("backend")
-            .skywalking_instance("backend-1"),
+            .skywalking_instance("backend-1")
+            .shutdown_timeout(DELIVERY_TIMEOUT),
     )
     .unwrap();
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     println!("LISTENING http://{}", server.server_addr().to_ip().unwrap());
+    // The parent kills this process if it fails before calling.
     let req = server
-        .recv_timeout(Duration::from_secs(30))
+        .recv_timeout(Duration::from_secs(120))
         .unwrap()
         .expect("a request");
     let headers = headers_of(&req);
@@ -308,48 +327,57 @@ fn backend_process() {
 fn two_processes_linked_by_sw8() {
     let _s = common::serial();
     let oap = FakeOap::start();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "backend_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SW_TEST_BACKEND_OAP", oap.base_url())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the backend process");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("backend ended before listening")
-            .unwrap();
-        // libtest prints `test backend_process ... ` before the test's own output.
-        if let Some((_, u)) = line.split_once("LISTENING ") {
-            break u.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    // The thread that reads the backend's output ends when the backend does; the backend is
+    // created in the scope, so a failing assertion kills it before the scope joins the thread.
+    let url = std::thread::scope(|scope| {
+        let mut child = ChildProcess(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "backend_process",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("SW_TEST_BACKEND_OAP", oap.base_url())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the backend process"),
+        );
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("backend ended before listening")
+                .unwrap();
+            // libtest prints `test backend_process ... ` before the test's own output.
+            if let Some((_, u)) = line.split_once("LISTENING ") {
+                break u.trim().to_owned();
+            }
+        };
+        scope.spawn(move || lines.for_each(drop));
 
-    let guard = init_with(sw_config(&oap, "frontend")).unwrap();
-    let body = {
-        let _root = entry_span("/checkout", &Vec::<(String, String)>::new());
-        correlation::set("tenant", "acme").unwrap();
-        traced_agent()
-            .get(&format!("{url}/stock/7"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
-    assert_eq!(body, "acme", "correlation reached the other process");
-    assert!(child.wait().unwrap().success(), "backend process failed");
-    drop(guard);
-    assert!(oap.wait_for(|s| s.segments.len() >= 2, Duration::from_secs(10)));
+        let guard = init_with(sw_config(&oap, "frontend")).unwrap();
+        let body = {
+            let _root = entry_span("/checkout", &Vec::<(String, String)>::new());
+            correlation::set("tenant", "acme").unwrap();
+            traced_agent()
+                .get(&format!("{url}/stock/7"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap()
+        };
+        assert_eq!(body, "acme", "correlation reached the other process");
+        assert!(child.0.wait().unwrap().success(), "backend process failed");
+        drop(guard);
+        url
+    });
+    // Both processes posted their segments before they ended (the backend) or before the
+    // guard's drop returned (here): this only waits out a slow machine.
+    assert!(oap.wait_for(|s| s.segments.len() >= 2, Duration::from_secs(30)));
 
     let segments = oap.segments();
     let front = segment_of(&segments, "frontend", "/checkout");
@@ -420,7 +448,7 @@ fn work_handed_to_another_thread() {
         Some(&format!("{}:{}", b64("batch"), b64("b-17")))
     );
     drop(guard);
-    assert!(oap.wait_for(|s| s.segments.len() >= 3, Duration::from_secs(5)));
+    assert!(oap.wait_for(|s| s.segments.len() >= 3, Duration::from_secs(30)));
 
     let segments = oap.segments();
     assert_eq!(segments.len(), 3, "{segments:#?}");
@@ -464,15 +492,21 @@ fn failed_posts_are_retried_and_heartbeats_keep_time() {
         let _root = span("tick");
         let _child = span("tick/child");
     }
+    // Two failed posts and their back-off (1 s, then 2 s) before the third goes through.
     assert!(
-        oap.wait_for(|s| s.segments.len() == 3, Duration::from_secs(10)),
+        oap.wait_for(|s| s.segments.len() == 3, Duration::from_secs(60)),
         "{:?}",
         oap.snapshot().requests
     );
-    assert!(oap.wait_for(
-        |s| s.properties.len() >= 2 && s.keep_alives.len() >= 10,
-        Duration::from_secs(5)
-    ));
+    // Every 100 ms once the reporter is free: waited for, not timed.
+    assert!(
+        oap.wait_for(
+            |s| s.properties.len() >= 2 && s.keep_alives.len() >= 10,
+            Duration::from_secs(30)
+        ),
+        "{:?}",
+        oap.snapshot().requests
+    );
     drop(guard);
     let state = oap.snapshot();
     let failed = state
@@ -492,11 +526,13 @@ fn shutdown_is_bounded_when_the_oap_hangs() {
     let _s = common::serial();
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", hole.local_addr().unwrap());
+    // The OAP's calls would wait out a 2 min request timeout; the shutdown's own bound is
+    // 800 ms.
     let guard = init_with(
         Config::new()
             .console(false)
             .skywalking(&url)
-            .request_timeout(Duration::from_secs(30))
+            .request_timeout(Duration::from_secs(120))
             .shutdown_timeout(Duration::from_millis(800)),
     )
     .unwrap();
@@ -506,6 +542,11 @@ fn shutdown_is_bounded_when_the_oap_hangs() {
     let started = Instant::now();
     drop(guard);
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    // Far above the 800 ms bound plus any scheduling delay, far below the 120 s a shutdown
+    // waiting for the hung OAP would take.
+    assert!(took < Duration::from_secs(20), "shutdown took {took:?}");
+    // Closing the listener resets the reporter's pending calls, so the thread it left behind
+    // (told to stop) ends now rather than after the request timeout; on a panic above this
+    // happens on unwind.
     drop(hole);
 }

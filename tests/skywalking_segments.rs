@@ -11,6 +11,7 @@ use stardust_test_support::common;
 use std::collections::HashMap;
 use std::future::Future;
 use std::task::{Context, Waker};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -21,12 +22,16 @@ use stardust_runtime::{Config, capture, exit_span, flush, init_with, span, trace
 use support::fake_oap::FakeOap;
 use support::http::{self, Headers, downstream};
 
+/// `flush()` waits (bounded by the shutdown timeout) until the fake OAP has the segments cut so
+/// far: far longer than it needs, so a loaded machine cannot make it give up (it returns as
+/// soon as it is done).
 fn sw_config(oap: &FakeOap, service: &str) -> Config {
     Config::new()
         .console(false)
         .skywalking(&oap.base_url())
         .skywalking_service(service)
         .skywalking_instance(format!("{service}-1"))
+        .shutdown_timeout(Duration::from_secs(30))
 }
 
 fn b64(s: &str) -> String {
