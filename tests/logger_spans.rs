@@ -29,7 +29,9 @@ fn a_logger_that_opens_spans_does_not_deadlock_the_aggregator() {
     static LOGGER: SpanningLogger = SpanningLogger;
     log::set_logger(&LOGGER).unwrap();
     log::set_max_level(log::LevelFilter::Debug);
-    let (guard, rx) = common::start(Config::new());
+    // A flush budget far above any scheduling delay: `flush()` is `Ok` as soon as the cut is
+    // delivered, and then every model is with the test's channel.
+    let (guard, rx) = common::start(Config::new().shutdown_timeout(Duration::from_secs(60)));
     // More names than a period keeps: the aggregator logs the overflow warning.
     for i in 0..10_050 {
         drop(stardust_runtime::span(format!("name/{i}")));
@@ -86,10 +88,12 @@ fn huge_durations_in_config_do_not_panic() {
         .map(|b| b.total as u64)
         .sum();
     assert_eq!(total, 1, "the span made under huge settings is counted");
+    // Waiting for the budget would take an hour (`shutdown_timeout` is capped there): a bound
+    // of a minute rules that out and is far above any scheduling delay of a loaded machine.
     let t = std::time::Instant::now();
     drop(guard);
     assert!(
-        t.elapsed() < Duration::from_secs(5),
+        t.elapsed() < Duration::from_secs(60),
         "shutdown took {:?}",
         t.elapsed()
     );

@@ -5,32 +5,38 @@ use stardust_test_support::common;
 use stardust_test_support::http::headers_of;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use stardust_runtime::incoming::incoming;
 use stardust_runtime::ureq_tracing::TracingMiddleware;
 use stardust_runtime::{Config, SpanBuilderModel, SpanContext, SpanModel, TraceModel};
+use stardust_test_support::common::Workers;
 
 /// A blocking HTTP server on 127.0.0.1 that handles each request with `handler`, for `n`
-/// requests, then stops.
+/// requests. It waits for them as long as it takes (no deadline a slow machine could miss);
+/// [`Workers::stop`] (once the test has had its answers) joins it and raises a panic of the
+/// handler, and dropping it (a failing test) stops it, so it never serves into the next test.
 fn serve(
     n: usize,
     handler: impl Fn(&tiny_http::Request) -> u16 + Send + 'static,
-) -> (String, JoinHandle<()>) {
+) -> (String, Workers) {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-    let h = std::thread::spawn(move || {
-        for _ in 0..n {
-            let Ok(Some(req)) = server.recv_timeout(Duration::from_secs(10)) else {
-                return;
-            };
-            let status = handler(&req);
-            let _ = req.respond(tiny_http::Response::from_string("ok").with_status_code(status));
+    let mut thread = Workers::new();
+    thread.spawn(move |stop| {
+        let mut served = 0;
+        while served < n && !stop.load(Ordering::Relaxed) {
+            if let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(20)) {
+                let status = handler(&req);
+                let _ =
+                    req.respond(tiny_http::Response::from_string("ok").with_status_code(status));
+                served += 1;
+            }
         }
     });
-    (url, h)
+    (url, thread)
 }
 
 fn traced_agent() -> ureq::Agent {
@@ -61,7 +67,13 @@ fn start() -> (
     stardust_runtime::Guard,
     crossbeam_channel::Receiver<TraceModel>,
 ) {
-    common::start(Config::new().max_samples(100))
+    // A flush budget far above any scheduling delay: `flush()` is `Ok` as soon as the cut is
+    // delivered, and then every model is with the test's channel.
+    common::start(
+        Config::new()
+            .max_samples(100)
+            .shutdown_timeout(Duration::from_secs(60)),
+    )
 }
 
 #[test]
@@ -109,8 +121,10 @@ fn one_request_three_calls_three_parents_one_trace() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 200);
-    front_thread.join().unwrap();
-    backend_thread.join().unwrap();
+    // The front answered: it made its three calls (answered by the backend) and ended its
+    // span before; both servers are done.
+    front_thread.stop();
+    backend_thread.stop();
 
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3);
@@ -273,7 +287,7 @@ fn http_status_and_transport_errors_mark_spans() {
         .call()
         .unwrap();
     assert_eq!(r.status(), 404);
-    server.join().unwrap();
+    server.stop();
 
     // Nothing listens here any more: a transport error.
     let closed = {

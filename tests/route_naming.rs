@@ -6,9 +6,8 @@
 //! without a status records.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rayon::prelude::*;
@@ -16,15 +15,16 @@ use stardust_runtime::incoming::{self, DROPPED_WITHOUT_STATUS};
 use stardust_runtime::testing;
 use stardust_runtime::ureq_tracing::TracingMiddleware;
 use stardust_runtime::{Config, SpanModel};
+use stardust_test_support::common::Workers;
 
 const REQUESTS: usize = 320;
 const CHUNKS: usize = 6;
 
-/// A tiny_http server on 127.0.0.1 served by `workers` threads until `stop` is set.
+/// A tiny_http server on 127.0.0.1 served by `workers` threads until it is stopped or dropped
+/// (so a failing test does not leave it serving, and tracing, into the next test).
 struct Server {
     url: String,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Workers,
 }
 
 impl Server {
@@ -34,31 +34,30 @@ impl Server {
     ) -> Server {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1"));
         let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
         let handle = Arc::new(handle);
-        let workers = (0..workers)
-            .map(|_| {
-                let (server, stop, handle) = (server.clone(), stop.clone(), handle.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(20)) {
-                            let (status, body) = handle(&req);
-                            let _ = req.respond(
-                                tiny_http::Response::from_string(body).with_status_code(status),
-                            );
-                        }
+        let mut threads = Workers::new();
+        for _ in 0..workers {
+            let (server, handle) = (server.clone(), handle.clone());
+            threads.spawn(move |stop| {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(20)) {
+                        let (status, body) = handle(&req);
+                        let _ = req.respond(
+                            tiny_http::Response::from_string(body).with_status_code(status),
+                        );
                     }
-                })
-            })
-            .collect();
-        Server { url, stop, workers }
+                }
+            });
+        }
+        Server {
+            url,
+            workers: threads,
+        }
     }
 
+    /// Stops and joins the workers; a handler's panic is raised here.
     fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers {
-            w.join().unwrap();
-        }
+        self.workers.stop();
     }
 }
 
@@ -85,7 +84,13 @@ fn four_routes_many_ids_four_operations_whole_trees() {
     let mut sent: HashMap<&'static str, usize> = HashMap::new();
     let mut pay_failures = 0;
 
-    let rec = testing::record_with(Config::new().max_samples(1000).max_errors(1000), || {
+    // A flush budget far above any scheduling delay: a few hundred requests' spans are cut and
+    // reported before `record_with` returns, on a loaded machine too.
+    let config = Config::new()
+        .max_samples(1000)
+        .max_errors(1000)
+        .shutdown_timeout(Duration::from_secs(60));
+    let rec = testing::record_with(config, || {
         // Downstream, untraced: answers and keeps the traceparent each call carried.
         let downstream = Server::start(2, move |req| {
             let tp = req

@@ -117,7 +117,10 @@ fn own_reporter_with_the_lock_held() {
         Config::new()
             .app_id("shop")
             .reporter(Keep(kept.clone()))
-            .first_report_delay(Duration::from_secs(3600)),
+            .first_report_delay(Duration::from_secs(3600))
+            // `flush` waits at most this long for the reporter: far above any scheduling
+            // delay, and no longer than the cut takes.
+            .shutdown_timeout(Duration::from_secs(60)),
     )
     .expect("no other runtime while the lock is held");
     add_to_cart("sku-22", 1).unwrap();

@@ -89,6 +89,19 @@ impl Totals {
 /// One runtime at a time in this process.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Starts the runtime with `totals` as its only reporter, and a flush budget (its shutdown
+/// timeout) far above any scheduling delay: `flush()` answers `Ok` as soon as the cut is
+/// delivered, on a loaded machine too.
+fn start(totals: &Totals) -> stardust_runtime::Guard {
+    stardust_runtime::init_with(
+        Config::new()
+            .console(false)
+            .reporter(totals.clone())
+            .shutdown_timeout(std::time::Duration::from_secs(60)),
+    )
+    .unwrap()
+}
+
 #[trace("zero-alloc/child")]
 #[inline(never)]
 fn child(x: u64) -> u64 {
@@ -145,8 +158,7 @@ fn warm_up(trace: fn()) {
 fn sync_spans_with_static_names_do_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let totals = Totals::default();
-    let guard =
-        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    let guard = start(&totals);
     warm_up(sync_trace);
     let before = totals.of("zero-alloc/child");
 
@@ -176,8 +188,7 @@ fn sync_spans_with_static_names_do_not_allocate() {
 fn async_spans_with_static_names_do_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let totals = Totals::default();
-    let guard =
-        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    let guard = start(&totals);
     warm_up(async_trace);
     let before = totals.of("zero-alloc/async-child");
 
@@ -206,8 +217,7 @@ fn async_spans_with_static_names_do_not_allocate() {
 fn the_counter_sees_a_span_named_at_run_time_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let totals = Totals::default();
-    let guard =
-        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    let guard = start(&totals);
     warm_up(sync_trace);
 
     // The same trace shape, but each child's name is a `String` built at run time.
@@ -239,8 +249,7 @@ fn the_counter_sees_a_span_named_at_run_time_allocate() {
 fn attaching_a_plain_context_does_not_allocate() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let totals = Totals::default();
-    let guard =
-        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    let guard = start(&totals);
     warm_up(sync_trace);
     let ctx = {
         let _root = stardust_runtime::span("zero-alloc/root");
@@ -298,8 +307,7 @@ async fn held_across_awaits(yields: u64) {
 fn a_guard_held_across_awaits_does_not_allocate_per_yield() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let totals = Totals::default();
-    let guard =
-        stardust_runtime::init_with(Config::new().console(false).reporter(totals.clone())).unwrap();
+    let guard = start(&totals);
     warm_up(sync_trace);
     const YIELDS: u64 = 100;
     let mut fut = pin!(held_across_awaits(YIELDS));

@@ -125,7 +125,10 @@ fn spans_carry_what_the_attribute_says() {
         Config::new()
             .console(false)
             .max_samples(100)
-            .reporter(keep.clone()),
+            .reporter(keep.clone())
+            // A flush budget far above any scheduling delay: `flush()` is `Ok` as soon as the
+            // cut is delivered, on a loaded machine too.
+            .shutdown_timeout(std::time::Duration::from_secs(60)),
     )
     .unwrap();
 
