@@ -140,6 +140,10 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         None => None,
     };
     let (waker, wake_rx) = sink::waker();
+    // The uploader's inbox, and the flag set when the shutdown begins: a reporter's background
+    // work gives the uploader back when either says something is waiting.
+    let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
+    let stopping = Arc::new(AtomicBool::new(false));
     // The Stardust server's event queue, with the start-up event in it.
     let mut event_queue = None;
     if !config.servers.is_empty() {
@@ -160,6 +164,7 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
             command_timeout: config.command_timeout,
             waker: waker.clone(),
             events: event_rx,
+            urgent: sink::Urgent::new(up_rx.clone(), stopping.clone()),
         })));
     }
     let Config {
@@ -181,8 +186,6 @@ pub fn init_with(config: Config) -> Result<Guard, InitError> {
         !taps.is_empty(),
     );
     let (tx, rx) = crossbeam_channel::bounded::<Msg>(16);
-    let (up_tx, up_rx) = crossbeam_channel::bounded(1024);
-    let stopping = Arc::new(AtomicBool::new(false));
     let uploader = Uploader {
         rx: up_rx,
         sinks,

@@ -1,9 +1,12 @@
 //! What the uploader thread drives: the public [`Reporter`] trait and the internal `Sink`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::collect::aggregator::UpMsg;
 use crate::delivery::FlushOutcome;
 use crate::model::TraceModel;
 
@@ -39,6 +42,29 @@ pub(crate) trait Sink: Send {
     /// The last cut: report it, deliver what is pending and stop, before `deadline`.
     fn shutdown(&mut self, model: Option<&TraceModel>, deadline: Instant) -> FlushOutcome {
         self.flush(model, deadline)
+    }
+}
+
+/// Tells a sink's background work (replaying queued reports, posting command replies and
+/// events) that the uploader thread has something more urgent to do: a period to report, a
+/// flush, or the shutdown. That work asks before each request and gives the thread back when
+/// this says so, so reports never wait behind it for more than the request in flight.
+#[derive(Clone)]
+pub(crate) struct Urgent {
+    /// The uploader's inbox (periods, flushes, the shutdown).
+    inbox: Receiver<UpMsg>,
+    /// Set when the shutdown begins, before its message is sent.
+    stopping: Arc<AtomicBool>,
+}
+
+impl Urgent {
+    pub(crate) fn new(inbox: Receiver<UpMsg>, stopping: Arc<AtomicBool>) -> Urgent {
+        Urgent { inbox, stopping }
+    }
+
+    /// Something waits for the uploader thread.
+    pub(crate) fn waiting(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || !self.inbox.is_empty()
     }
 }
 

@@ -18,7 +18,7 @@ use crate::model::TraceModel;
 use crate::report::commands::{Dispatcher, Handlers, Reply};
 use crate::report::events::Event;
 use crate::report::failover::HttpError;
-use crate::report::sink::{Sink, Waker};
+use crate::report::sink::{Sink, Urgent, Waker};
 use crate::settings::{SETTINGS, Settings};
 use crate::util::diag;
 use crate::util::text::cut_utf16;
@@ -53,9 +53,16 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 const LOGOUT_MAX: Duration = Duration::from_secs(1);
 /// The queue of reports kept for retry is replayed this long after a failure.
 const QUEUE_RETRY: Duration = Duration::from_secs(5);
-/// Longest the uploader spends replaying queued reports or posting events in one go (the
-/// rest waits for the next tick).
-const POST_BUDGET: Duration = Duration::from_secs(30);
+/// Longest the uploader keeps starting requests in one round of background work (replaying
+/// queued reports, posting command replies, posting events): the rest waits for the next tick,
+/// after the pings, logins and other work due meanwhile. A round also ends as soon as a period,
+/// a flush or the shutdown waits for the thread ([`Urgent`]), so such traffic never holds
+/// reports back for longer than the request in flight ([docs/stardust-protocol.md §8.5](crate::docs::stardust_protocol)).
+const POST_ROUND: Duration = Duration::from_secs(1);
+/// Longest a flush or the shutdown spends on command replies and events, after the reports:
+/// the server re-sends commands without a final reply, and a slow server must not make an
+/// exit wait for them.
+const PENDING_MAX: Duration = Duration::from_secs(2);
 /// Most events per `/App/PostEvents` request.
 const EVENT_BATCH: usize = 100;
 /// Events are posted this long after the first of them is written (the rest of a burst
@@ -90,6 +97,8 @@ pub(crate) struct StardustOptions {
     pub waker: Waker,
     /// The events `stardust_runtime::event` queues (the start-up event first).
     pub events: crossbeam_channel::Receiver<Event>,
+    /// Says when background work must give the uploader thread back.
+    pub urgent: Urgent,
 }
 
 pub(crate) struct StardustSink {
@@ -122,6 +131,7 @@ pub(crate) struct StardustSink {
     event_batch: Vec<Event>,
     /// When events are posted next.
     events_due: Backoff,
+    urgent: Urgent,
 }
 
 impl StardustSink {
@@ -162,6 +172,7 @@ impl StardustSink {
             events: o.events,
             event_batch: Vec::new(),
             events_due: Backoff::new(),
+            urgent: o.urgent,
         }
     }
 
@@ -426,13 +437,27 @@ impl StardustSink {
         self.queue.push_back(model);
     }
 
-    /// Replays queued reports, oldest first, until one fails on the network.
-    fn drain(&mut self, deadline: Option<Instant>) {
-        // Never hold the uploader for long: the rest waits for the next tick.
-        let budget = Instant::now() + POST_BUDGET;
-        let deadline = Some(deadline.map_or(budget, |d| d.min(budget)));
-        while let Some(model) = self.queue.pop_front() {
-            match self.upload(&model, deadline) {
+    /// Whether another request may start now: by `deadline` for a flush or the shutdown; in
+    /// the background (`None`), within the round (`round_end`) and while nothing more urgent
+    /// waits for the thread.
+    fn may_call(&self, round_end: Instant, deadline: Option<Instant>) -> bool {
+        match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()) >= api::MIN_CALL_TIME,
+            None => Instant::now() < round_end && !self.urgent.waiting(),
+        }
+    }
+
+    /// Replays queued reports in the background, oldest first, until one fails on the network
+    /// (then again [`QUEUE_RETRY`] later) or the round ends (then at the next tick).
+    fn drain(&mut self) {
+        let round_end = Instant::now() + POST_ROUND;
+        while !self.queue.is_empty() {
+            if !self.may_call(round_end, None) {
+                self.next_drain = Some(Instant::now());
+                return;
+            }
+            let model = self.queue.pop_front().expect("not empty");
+            match self.upload(&model, None) {
                 Ok(reply) => self.apply(&reply),
                 Err(e) if refused_for_good(&e) => report_refused(&e, &model),
                 Err(e) => {
@@ -586,8 +611,10 @@ impl StardustSink {
     }
 
     /// Posts the command replies that are ready, oldest first, until one fails on the network
-    /// (then they wait for `replies_retry.due`) or `deadline` comes. Needs a login.
+    /// (then they wait for `replies_retry.due`), `deadline` comes, or in the background the
+    /// round ends (then the rest goes at the next tick). Needs a login.
     fn post_replies(&mut self, deadline: Option<Instant>) {
+        let round_end = Instant::now() + POST_ROUND;
         self.replies.extend(self.commands.replies().try_iter());
         while self.replies.len() > MAX_REPLIES {
             self.replies.pop_front();
@@ -599,9 +626,10 @@ impl StardustSink {
             }
         }
         while let Some(reply) = self.replies.front().cloned() {
-            if deadline
-                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < api::MIN_CALL_TIME)
-            {
+            if !self.may_call(round_end, deadline) {
+                if deadline.is_none() {
+                    self.replies_retry.due = Some(Instant::now());
+                }
                 return;
             }
             let body = serde_json::to_vec(&reply.to_json()).expect("JSON of plain values");
@@ -634,11 +662,11 @@ impl StardustSink {
     }
 
     /// Posts queued events in batches of at most [`EVENT_BATCH`], until the queue is empty, a
-    /// post fails on the network (the batch is kept and retried after a backoff) or `deadline`
-    /// (at most 30 s from now) comes. Needs a login.
+    /// post fails on the network (the batch is kept and retried after a backoff), `deadline`
+    /// comes, or in the background the round ends (the rest goes at the next tick: the due
+    /// time stays passed). Needs a login.
     fn post_events(&mut self, deadline: Option<Instant>) {
-        let budget = Instant::now() + POST_BUDGET;
-        let deadline = deadline.map_or(budget, |d| d.min(budget));
+        let round_end = Instant::now() + POST_ROUND;
         loop {
             if self.event_batch.is_empty() {
                 self.event_batch
@@ -648,12 +676,12 @@ impl StardustSink {
                 self.events_due.reset();
                 return;
             }
-            if deadline.saturating_duration_since(Instant::now()) < api::MIN_CALL_TIME {
+            if !self.may_call(round_end, deadline) {
                 return;
             }
             let batch: Vec<Value> = self.event_batch.iter().map(Event::to_json).collect();
             let body = serde_json::to_vec(&batch).expect("JSON of plain values");
-            match self.authed("/App/PostEvents", Body::Json(&body), Some(deadline)) {
+            match self.authed("/App/PostEvents", Body::Json(&body), deadline) {
                 Ok(_) => {}
                 Err(e) if refused_for_good(&e) => diag::report(
                     log::Level::Error,
@@ -678,8 +706,10 @@ impl StardustSink {
         }
     }
 
-    /// Command replies and events, by `deadline` (a flush, the shutdown), when logged in.
+    /// Command replies and events, by `deadline` (a flush, the shutdown) and for at most
+    /// [`PENDING_MAX`], when logged in.
     fn post_pending(&mut self, deadline: Instant) {
+        let deadline = deadline.min(Instant::now() + PENDING_MAX);
         if self.logged_in && self.api.token.is_some() {
             self.post_replies(Some(deadline));
             self.post_events(Some(deadline));
@@ -868,7 +898,7 @@ fn md5_upper(bytes: &[u8]) -> String {
 impl Sink for StardustSink {
     fn report(&mut self, model: &TraceModel) {
         if self.deliver(model, None) && !self.queue.is_empty() {
-            self.drain(None);
+            self.drain();
         }
     }
 
@@ -889,7 +919,7 @@ impl Sink for StardustSink {
             }
         }
         if self.logged_in && !self.queue.is_empty() && self.next_drain.is_some_and(|d| now >= d) {
-            self.drain(None);
+            self.drain();
         }
         if self.queue.is_empty() {
             self.next_drain = None;
