@@ -4,12 +4,12 @@
 #![cfg(all(feature = "signals", unix))]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 use stardust_runtime::{Config, Reporter, TraceModel, trace};
-use stardust_test_support::common;
+use stardust_test_support::common::{self, KillOnDrop};
 
 const CHILD: &str = "STARDUST_SIGNALS_CHILD";
 /// Deadline of each wait for the child (to be ready, to exit): long enough for a loaded
@@ -18,15 +18,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The child process, killed and reaped when dropped: a failing test does not leave it
 /// running (it would sleep forever).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[trace("signals/op")]
 fn op() {}
 

@@ -63,15 +63,6 @@ fn sw_config(oap: &FakeOap, service: &str) -> Config {
 
 /// Kills the child process when dropped (a failing test does not leave it running); after a
 /// successful `wait` this does nothing.
-struct ChildProcess(std::process::Child);
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn traced_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .middleware(TracingMiddleware)
@@ -330,7 +321,7 @@ fn two_processes_linked_by_sw8() {
     // The thread that reads the backend's output ends when the backend does; the backend is
     // created in the scope, so a failing assertion kills it before the scope joins the thread.
     let url = std::thread::scope(|scope| {
-        let mut child = ChildProcess(
+        let mut child = common::KillOnDrop(
             Command::new(std::env::current_exe().unwrap())
                 .args([
                     "backend_process",

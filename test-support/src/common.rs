@@ -68,6 +68,17 @@ impl Drop for Workers {
     }
 }
 
+/// A child process (a test binary re-run as a helper process) that is killed and reaped when
+/// dropped: a failing test leaves no process behind, and a thread reading its output ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` has passed; returns whether it held.
 /// For waiting on a condition itself rather than sleeping a guessed time: give a generous
 /// timeout, as a loaded 2-core CI machine may be many times slower than a workstation.
