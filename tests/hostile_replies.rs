@@ -1,0 +1,168 @@
+//! Replies a broken or hostile server may send that look fine on the wire: a gzip bomb (a few
+//! kilobytes that inflate to 64 MiB). It is refused, memory stays bounded, and the client goes
+//! on delivering every count.
+//!
+//! Every test prints its figures (`eprintln!`): run with `--nocapture` to see them.
+
+use stardust_test_support as support;
+use stardust_test_support::common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use stardust_runtime::{Config, Guard};
+use support::fake_stardust::*;
+
+const APP: &str = "HostileReplies";
+/// How long to wait for something that must happen soon: generous, as a loaded 2-core machine
+/// can be many times slower than a workstation, and free when the condition holds early.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(fake: &FakeStardust) -> Config {
+    Config::new()
+        .server(fake.base_url())
+        .app_id(APP)
+        .version("1.0.0")
+        .first_report_delay(Duration::from_secs(3600))
+        .request_timeout(Duration::from_secs(10))
+        // The budget of a flush: far above what the retries below need.
+        .shutdown_timeout(WAIT)
+        .exception_spans(false)
+        .console(false)
+}
+
+fn start(fake: &FakeStardust) -> Guard {
+    common::capture_logs();
+    common::clear_log_lines();
+    stardust_runtime::init_with(config(fake)).expect("init")
+}
+
+/// `n` spans named `op`.
+fn spans(op: &'static str, n: usize) {
+    for _ in 0..n {
+        drop(stardust_runtime::span(op));
+    }
+}
+
+fn wait_totals(fake: &FakeStardust, want: &BTreeMap<String, (u64, u64)>) {
+    assert!(
+        fake.wait_for(|r| r.totals_by_name() == *want, WAIT),
+        "server totals {:?} != spans made {want:?}\n{:#?}",
+        fake.totals_by_name(),
+        common::log_lines()
+    );
+}
+
+/// A request's faulted reply was answered (the client has it, or is reading it).
+fn answered_with_fault(r: &Recorded, ep: Endpoint, n: usize) -> bool {
+    r.requests
+        .iter()
+        .filter(|q| q.endpoint == ep && q.fault.is_some() && q.response.is_some())
+        .count()
+        >= n
+}
+
+// ---- (1) a gzip bomb -------------------------------------------------------------------------
+
+/// The head of the fake's reply to a faulted request, read off a raw socket: what the client
+/// gets, through the fake's front proxy.
+fn raw_reply_head(fake: &FakeStardust) -> (String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(fake.addr()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /selftest HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    (
+        String::from_utf8_lossy(&all[..end]).to_ascii_lowercase(),
+        all[end..].to_vec(),
+    )
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_without_inflating_it() {
+    let _s = common::serial();
+    const INFLATED: usize = 64 * 1024 * 1024;
+    let fake = FakeStardust::builder().app(APP, None).start();
+    let bomb = Fault::gzip_bomb(INFLATED);
+    let Fault::RawHeaders { body, .. } = &bomb else {
+        unreachable!()
+    };
+    let wire = body.len();
+    // The encoding header reaches the client unchanged, with the compressed body.
+    fake.push_fault(On::Only(Endpoint::Other), bomb.clone());
+    let (head, body) = raw_reply_head(&fake);
+    assert!(head.contains("\r\ncontent-encoding: gzip\r\n"), "{head}");
+    // Chunked (tiny_http's choice for a body this size): the first chunk's size line first.
+    let data = if head.contains("\r\ntransfer-encoding: chunked\r\n") {
+        let line = body.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        &body[line..]
+    } else {
+        &body[..]
+    };
+    assert_eq!(&data[..2], b"\x1f\x8b", "gzip bytes");
+
+    // The first ping and the first report get the bomb.
+    fake.push_fault(On::Ping, bomb.clone());
+    fake.push_fault(On::Report, bomb);
+    let rss_before = common::peak_rss_kb();
+    let guard = start(&fake);
+    fake.expect_logins(1, WAIT);
+    // The first ping comes 3 s after the login.
+    assert!(
+        fake.wait_for(|r| answered_with_fault(r, Endpoint::Ping, 1), WAIT),
+        "{:#?}",
+        fake.requests()
+    );
+    // A flush is handled after the ping (one uploader thread): the report gets the bomb, is
+    // kept, sent again within the flush and stored once.
+    spans("bomb/op", 3);
+    let t = Instant::now();
+    let flushed = guard.flush();
+    let flush_time = t.elapsed();
+    let rss_after = common::peak_rss_kb();
+    let grown_mb = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    eprintln!(
+        "gzip bomb: {wire} bytes on the wire, {INFLATED} inflated; peak RSS {rss_before} kB -> {rss_after} kB (+{grown_mb:.1} MB); flush {flush_time:?}"
+    );
+    assert!(flushed.is_ok(), "{flushed:?}");
+    wait_totals(&fake, &totals(&[("bomb/op", 3, 0)]));
+    assert!(
+        grown_mb < 20.0,
+        "a reply is inflated no further than the 4 MiB cap: +{grown_mb:.1} MB"
+    );
+    let lines = common::log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ping failed") && l.contains("reply unreadable")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("report failed") && l.contains("reply unreadable")),
+        "{lines:#?}"
+    );
+    let reports = fake.report_requests();
+    assert_eq!(reports.len(), 2, "the refused report and its second try");
+    assert_eq!(reports[0].json, reports[1].json, "the same report again");
+    drop(guard);
+    // Compression is not asked for: replies are a few hundred bytes.
+    for r in fake.requests() {
+        assert_eq!(
+            r.header("accept-encoding"),
+            None,
+            "{} {:?}",
+            r.path,
+            r.headers
+        );
+    }
+    fake.assert_no_violations();
+}
