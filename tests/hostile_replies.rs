@@ -1,6 +1,7 @@
 //! Replies a broken or hostile server may send that look fine on the wire: a gzip bomb (a few
-//! kilobytes that inflate to 64 MiB). It is refused, memory stays bounded, and the client goes
-//! on delivering every count.
+//! kilobytes that inflate to 64 MiB), a token that cannot go back in a header (CR/LF in it, or
+//! 3.9 MB long). Each is refused with one warning, memory stays bounded, nothing of a token is
+//! logged, and the client goes on delivering every count.
 //!
 //! Every test prints its figures (`eprintln!`): run with `--nocapture` to see them.
 
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use stardust_runtime::{Config, Guard};
 use support::fake_stardust::*;
 
@@ -52,6 +54,20 @@ fn wait_totals(fake: &FakeStardust, want: &BTreeMap<String, (u64, u64)>) {
         fake.totals_by_name(),
         common::log_lines()
     );
+}
+
+fn bearer(r: &RecordedRequest) -> Option<String> {
+    r.header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned)
+}
+
+/// Warning lines containing `what`.
+fn warnings(what: &str) -> Vec<String> {
+    common::log_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("WARN") && l.contains(what))
+        .collect()
 }
 
 /// A request's faulted reply was answered (the client has it, or is reading it).
@@ -164,5 +180,134 @@ fn a_gzip_bomb_is_refused_without_inflating_it() {
             r.headers
         );
     }
+    fake.assert_no_violations();
+}
+
+// ---- (2) a token that cannot be sent ---------------------------------------------------------
+
+/// A login reply (as the fake's, with the server's time) carrying `token`.
+fn login_reply(token: &str) -> Fault {
+    let body = json!({"code": 0, "data": {
+        "name": APP, "token": token, "expire": 7200, "time": 0, "serverTime": common::now_ms(),
+    }});
+    Fault::Raw {
+        status: 200,
+        content_type: "application/json; charset=utf-8".into(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// A ping reply carrying `token`, asking for the next ping in 1 s.
+fn ping_reply(token: &str) -> Fault {
+    let body = json!({"code": 0, "data": {
+        "time": 0, "serverTime": common::now_ms(), "period": 1, "token": token, "commands": null,
+    }});
+    Fault::Raw {
+        status: 200,
+        content_type: "application/json; charset=utf-8".into(),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+/// A JWT-looking token with a header injected after a CR/LF.
+const SPLIT_TOKEN: &str =
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJIb3N0aWxlIn0.c2ln\r\nX-Injected: leak-7f3a9c";
+/// Marks that would show a logged token: parts of the split one, a run of the long one's byte.
+const TOKEN_MARKS: [&str; 3] = [
+    "leak-7f3a9c",
+    "eyJzdWIiOiJIb3N0aWxlIn0",
+    "QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
+];
+
+fn long_token() -> String {
+    "Q".repeat(3_900_000)
+}
+
+fn assert_no_token_logged() {
+    let lines = common::log_lines();
+    for mark in TOKEN_MARKS {
+        let leaked: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains(mark))
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect();
+        assert!(leaked.is_empty(), "token logged: {leaked:#?}");
+    }
+}
+
+#[test]
+fn a_login_token_that_cannot_be_sent_is_refused_and_the_login_tried_again() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder().app(APP, None).start();
+    fake.push_fault(On::Login, login_reply(SPLIT_TOKEN));
+    fake.push_fault(On::Login, login_reply(&long_token()));
+    let guard = start(&fake);
+    // The first login (in the background) got the split token.
+    assert!(fake.wait_for(|r| answered_with_fault(r, Endpoint::Login, 1), WAIT));
+    // The flush logs in again (the long token, refused too), then with a good token.
+    spans("token/op", 5);
+    let t = Instant::now();
+    let flushed = guard.flush();
+    let flush_time = t.elapsed();
+    let logins = fake.recorded().requests_to(Endpoint::Login).count();
+    eprintln!(
+        "bad login tokens: flush {flushed:?} in {flush_time:?}; {logins} login requests; {} warnings about the token",
+        warnings("token is unusable").len()
+    );
+    assert!(flushed.is_ok(), "{flushed:?}\n{:#?}", common::log_lines());
+    wait_totals(&fake, &totals(&[("token/op", 5, 0)]));
+    let rec = fake.recorded();
+    assert_eq!(logins, 3, "two refused tokens, then a good one");
+    assert_eq!(rec.logins.len(), 1, "the good login");
+    let report = fake.report_requests();
+    assert_eq!(report.len(), 1);
+    assert_eq!(bearer(&report[0]), rec.logins[0].token);
+    let said = warnings("token is unusable");
+    assert_eq!(said.len(), 2, "one warning per refused token: {said:#?}");
+    assert!(said[0].contains("not visible ASCII"), "{said:#?}");
+    assert!(said[1].contains("3900000 bytes"), "{said:#?}");
+    drop(guard);
+    assert_no_token_logged();
+    fake.assert_no_violations();
+}
+
+#[test]
+fn a_ping_token_that_cannot_be_sent_is_refused_and_the_current_one_kept() {
+    let _s = common::serial();
+    let fake = FakeStardust::builder().app(APP, None).start();
+    fake.push_fault(On::Ping, ping_reply(SPLIT_TOKEN));
+    fake.push_fault(On::Ping, ping_reply(&long_token()));
+    let guard = start(&fake);
+    fake.expect_logins(1, WAIT);
+    let token = fake.logins()[0].token.clone();
+    // Two refused tokens (1 s apart), then a ping the server takes: with the login's token.
+    assert!(
+        fake.wait_for(|r| !r.pings.is_empty(), WAIT),
+        "{:#?}",
+        common::log_lines()
+    );
+    spans("token/op", 4);
+    let flushed = guard.flush();
+    eprintln!(
+        "bad ping tokens: flush {flushed:?}; {} pings accepted; {} warnings about the token",
+        fake.pings().len(),
+        warnings("new token is unusable").len()
+    );
+    assert!(flushed.is_ok(), "{flushed:?}");
+    wait_totals(&fake, &totals(&[("token/op", 4, 0)]));
+    let rec = fake.recorded();
+    assert!(answered_with_fault(&rec, Endpoint::Ping, 2));
+    for r in rec
+        .requests
+        .iter()
+        .filter(|r| r.endpoint != Endpoint::Login)
+    {
+        assert_eq!(bearer(r), token, "{} with the login's token", r.path);
+    }
+    assert_eq!(rec.logins.len(), 1, "no new login was needed");
+    let said = warnings("new token is unusable");
+    assert_eq!(said.len(), 1, "said once: {said:#?}");
+    drop(guard);
+    assert_no_token_logged();
     fake.assert_no_violations();
 }

@@ -111,6 +111,8 @@ pub(crate) struct StardustSink {
     next_drain: Option<Instant>,
     queue_dropped: u64,
     clamp_logged: bool,
+    /// A ping's unusable token was said (until a token is taken again).
+    token_refused_logged: bool,
     proc: procinfo::ProcSampler,
     commands: Dispatcher,
     /// Command replies not posted yet, oldest first; retried from `replies_retry.due`.
@@ -154,6 +156,7 @@ impl StardustSink {
             next_drain: None,
             queue_dropped: 0,
             clamp_logged: false,
+            token_refused_logged: false,
             proc: procinfo::ProcSampler::new(o.process_metrics),
             commands: Dispatcher::new(o.commands, o.command_timeout, o.waker),
             replies: VecDeque::new(),
@@ -224,8 +227,13 @@ impl StardustSink {
         )?;
         let empty = Map::new();
         let data = data.as_object().unwrap_or(&empty);
+        let token = get_str(data, "token");
+        if let Some(why) = token.as_deref().and_then(api::unusable_token) {
+            // A server fault: nothing of this reply is taken, the login is tried again later.
+            return Err(CallError::Transport(Transport::BadToken(why)));
+        }
         Self::sync_clock(data, sent);
-        self.api.token = get_str(data, "token");
+        self.api.token = token;
         if let (Some(code), Some(secret)) = (get_str(data, "code"), get_str(data, "secret")) {
             log::info!(
                 "stardust: the server registered this application as `{code}` and issued a new secret; using them for this process"
@@ -313,7 +321,21 @@ impl StardustSink {
                     self.ping_period = Duration::from_secs(p.clamp(1, 3600) as u64);
                 }
                 if let Some(token) = get_str(data, "token") {
-                    self.api.token = Some(token);
+                    match api::unusable_token(&token) {
+                        None => {
+                            self.api.token = Some(token);
+                            self.token_refused_logged = false;
+                        }
+                        // The current token still works until it expires (then a 401 brings a
+                        // new login).
+                        Some(why) if !self.token_refused_logged => {
+                            self.token_refused_logged = true;
+                            log::warn!(
+                                "stardust: the ping reply's new token is unusable ({why}); keeping the current one"
+                            );
+                        }
+                        Some(_) => {}
+                    }
                 }
                 if let Some(commands) = get_ci(data, "commands") {
                     self.commands.receive(commands);
@@ -566,6 +588,12 @@ impl StardustSink {
             ),
             // The new login after a 401 failed: the hint of that login's failure.
             Transport::LoginFailed(login) => self.diagnose(login, true),
+            Transport::BadToken(_) => (
+                "server-error",
+                format!(
+                    "{servers}, or something between it and this process, sent a token that cannot be sent back in a header; logging in again"
+                ),
+            ),
             Transport::Http(_) => (
                 "server-error",
                 "reports are kept and retried; the server's log says why it failed".to_owned(),
