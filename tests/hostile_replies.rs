@@ -1,7 +1,7 @@
 //! Replies a broken or hostile server may send that look fine on the wire: a gzip bomb (a few
 //! kilobytes that inflate to 64 MiB), a token that cannot go back in a header (CR/LF in it, or
-//! 3.9 MB long). Each is refused with one warning, memory stays bounded, nothing of a token is
-//! logged, and the client goes on delivering every count.
+//! 3.9 MB long), a server clock nine years off. Each is refused with one warning, memory stays
+//! bounded, nothing of a token is logged, and the client goes on delivering every count.
 //!
 //! Every test prints its figures (`eprintln!`): run with `--nocapture` to see them.
 
@@ -310,4 +310,45 @@ fn a_ping_token_that_cannot_be_sent_is_refused_and_the_current_one_kept() {
     drop(guard);
     assert_no_token_logged();
     fake.assert_no_violations();
+}
+
+// ---- (3) a server clock nine years off -------------------------------------------------------
+
+#[test]
+fn a_server_clock_nine_years_off_is_not_followed_and_said_once() {
+    let _s = common::serial();
+    const NINE_YEARS: i64 = 9 * 365 * 86_400_000;
+    let fake = FakeStardust::builder()
+        .app(APP, None)
+        .clock_offset_ms(NINE_YEARS)
+        .ping_period(1)
+        .start();
+    let guard = start(&fake);
+    fake.expect_logins(1, WAIT);
+    // The login's and three pings' server times, each refused.
+    assert!(fake.wait_for(|r| r.pings.len() >= 3, WAIT));
+    spans("clock/op", 2);
+    assert!(guard.flush().is_ok());
+    let local_now = common::now_ms();
+    let rep = fake.reports().pop().expect("a report");
+    let builders = rep.model["Builders"].as_array().unwrap().clone();
+    assert_eq!(builders.len(), 1);
+    let start_time = builders[0]["StartTime"].as_i64().unwrap();
+    let said = warnings("days ahead of");
+    eprintln!(
+        "server clock +9 years: StartTime - local now = {} ms; {} replies with the server time; {} warning(s): {said:?}",
+        start_time - local_now,
+        1 + fake.pings().len(),
+        said.len()
+    );
+    assert!(
+        (start_time - local_now).abs() < 600_000,
+        "StartTime {start_time} on the local clock ({local_now})"
+    );
+    assert_eq!(said.len(), 1, "said once, not per ping: {said:#?}");
+    assert!(
+        said[0].contains("3284 days") || said[0].contains("3285 days"),
+        "{said:?}"
+    );
+    drop(guard);
 }
