@@ -334,6 +334,13 @@ pub enum Fault {
         content_type: String,
         body: Vec<u8>,
     },
+    /// Arbitrary reply with these headers (e.g. `Content-Type` and `Content-Encoding`), sent
+    /// as they are; nothing is processed.
+    RawHeaders {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Sleep this long (interruptible by drop), then process and answer normally.
     Slow(Duration),
     /// Read the whole request, then reset the TCP connection (SO_LINGER 0) without any response.
@@ -372,6 +379,33 @@ impl Fault {
     }
     pub fn slow(d: Duration) -> Fault {
         Fault::Slow(d)
+    }
+    /// `200 application/json` with `Content-Encoding: gzip`: a success envelope
+    /// `{"code":0,"data":{}}` followed by JSON whitespace, `inflated` bytes in all once
+    /// decoded, about a thousandth of that on the wire.
+    pub fn gzip_bomb(inflated: usize) -> Fault {
+        use std::io::Write;
+        let envelope = br#"{"code":0,"data":{}}"#;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(envelope).expect("write to a Vec");
+        let spaces = [b' '; 64 * 1024];
+        let mut left = inflated.saturating_sub(envelope.len());
+        while left > 0 {
+            let n = left.min(spaces.len());
+            enc.write_all(&spaces[..n]).expect("write to a Vec");
+            left -= n;
+        }
+        Fault::RawHeaders {
+            status: 200,
+            headers: vec![
+                (
+                    "Content-Type".into(),
+                    "application/json; charset=utf-8".into(),
+                ),
+                ("Content-Encoding".into(), "gzip".into()),
+            ],
+            body: enc.finish().expect("write to a Vec"),
+        }
     }
 }
 

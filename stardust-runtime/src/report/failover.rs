@@ -4,11 +4,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crate::util::url::redact_url;
 
-/// Largest reply body read; a larger one is an error.
+/// Largest reply body read, counted both as received and as decoded (ureq inflates a body sent
+/// with `Content-Encoding: gzip` whatever the request asked for, so a few kilobytes on the wire
+/// may stand for gigabytes); a larger one is an error.
 const MAX_REPLY_BYTES: u64 = 4 * 1024 * 1024;
 /// A call is not started with less time than this left before its deadline.
 pub(crate) const MIN_CALL_TIME: Duration = Duration::from_millis(20);
@@ -20,7 +23,8 @@ pub(crate) enum HttpError {
     Unreachable(ureq::Error),
     /// A server answered with a status the caller does not accept.
     Status(u16),
-    /// The reply's body could not be read (larger than 4 MiB, cut off).
+    /// The reply's body could not be read (larger than 4 MiB on the wire or once decoded, cut
+    /// off, not valid gzip).
     Body(ureq::Error),
     /// Not enough time was left before the deadline to start a call.
     OutOfTime,
@@ -96,6 +100,10 @@ impl FailoverClient {
             .http_status_as_error(false)
             .user_agent(user_agent)
             .accept("application/json")
+            // Replies are a few hundred bytes: compressing them saves nothing, and a server
+            // that is not asked to compress has no reason to (the .NET client does not ask
+            // either). A reply compressed anyway is still decoded, within the cap of `once`.
+            .accept_encoding("")
             .max_redirects(0)
             .build()
             .into();
@@ -207,11 +215,7 @@ impl FailoverClient {
         };
         let mut resp = result.map_err(HttpError::Unreachable)?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_REPLY_BYTES)
-            .read_to_vec();
+        let body = read_capped(resp.body_mut());
         match body {
             Ok(body) => Ok(Reply { status, body }),
             // An error status with an unreadable body is still that status.
@@ -222,6 +226,23 @@ impl FailoverClient {
             Err(e) => Err(HttpError::Body(e)),
         }
     }
+}
+
+/// The body, at most [`MAX_REPLY_BYTES`] as received and as decoded: `limit` counts the bytes
+/// received (before ureq's gzip decoder), the `take` the decoded ones, so a compressed reply is
+/// inflated no further than one byte past the cap.
+fn read_capped(body: &mut ureq::Body) -> Result<Vec<u8>, ureq::Error> {
+    let mut out = Vec::new();
+    body.with_config()
+        .limit(MAX_REPLY_BYTES)
+        .reader()
+        .take(MAX_REPLY_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(ureq::Error::from)?;
+    if out.len() as u64 > MAX_REPLY_BYTES {
+        return Err(ureq::Error::BodyExceedsLimit(MAX_REPLY_BYTES));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -251,6 +272,82 @@ mod tests {
         let mut one = FailoverClient::new(vec!["http://c.example:3".into()], "t", "t", None);
         one.fail_over();
         assert_eq!(one.server(), "http://c.example:3");
+    }
+
+    /// Answers one request on a local port with `head` and `body`, then closes; gives the
+    /// port and the request head received.
+    fn serve_once(head: String, body: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                got.push(byte[0]);
+            }
+            // The client may hang up before reading it all: that is what is tested.
+            let _ = s
+                .write_all(head.as_bytes())
+                .and_then(|_| s.write_all(&body));
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (url, t)
+    }
+
+    /// A gzip body that inflates to `len` bytes of spaces.
+    fn gzip_spaces(len: usize) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let chunk = [b' '; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            enc.write_all(&chunk[..n]).unwrap();
+            left -= n;
+        }
+        enc.finish().unwrap()
+    }
+
+    fn get_gzip(inflated: usize) -> (Result<Reply, HttpError>, String) {
+        let body = gzip_spaces(inflated);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (url, server) = serve_once(head, body);
+        let mut c = FailoverClient::new(vec![url], "test server", "t", None);
+        let reply = c.send(&Request {
+            body: None,
+            path: "/x",
+            authorization: None,
+            timeout: Duration::from_secs(30),
+            deadline: None,
+        });
+        (reply, server.join().unwrap())
+    }
+
+    #[test]
+    fn replies_are_capped_once_decoded_and_compression_is_not_asked_for() {
+        let max = MAX_REPLY_BYTES as usize;
+        // 4 MiB + 1 decoded from a few kilobytes on the wire: refused.
+        let (reply, request) = get_gzip(max + 1);
+        assert!(
+            matches!(
+                reply,
+                Err(HttpError::Body(ureq::Error::BodyExceedsLimit(_)))
+            ),
+            "{:?}",
+            reply.map(|r| r.body.len())
+        );
+        assert!(
+            !request.to_ascii_lowercase().contains("accept-encoding"),
+            "{request}"
+        );
+        // Exactly the cap: read whole.
+        let (reply, _) = get_gzip(max);
+        assert_eq!(reply.unwrap().body.len(), max);
     }
 
     #[test]

@@ -270,6 +270,11 @@ pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
             content_type: Some(content_type.clone()),
             body: body.clone(),
         },
+        Some(Fault::RawHeaders { status, body, .. }) => Reply {
+            status: *status,
+            content_type: None,
+            body: body.clone(),
+        },
         _ => route(sh, &inc),
     };
     let json = serde_json::from_slice(&reply.body).ok();
@@ -289,6 +294,13 @@ pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
         .and_then(|ct| tiny_http::Header::from_bytes(&b"Content-Type"[..], ct.as_bytes()).ok());
     if let Some(h) = ct_header {
         resp = resp.with_header(h);
+    }
+    if let Some(Fault::RawHeaders { headers, .. }) = &fault {
+        for (k, v) in headers {
+            if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                resp = resp.with_header(h);
+            }
+        }
     }
     let _ = rq.respond(resp);
 }

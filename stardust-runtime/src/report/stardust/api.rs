@@ -30,6 +30,8 @@ pub(crate) enum Transport {
     NotEnvelope(String),
     /// A new login (after a 401) failed.
     LoginFailed(Box<CallError>),
+    /// A login reply whose token could not be sent back (see [`unusable_token`]): why.
+    BadToken(String),
 }
 
 impl std::fmt::Display for Transport {
@@ -38,6 +40,7 @@ impl std::fmt::Display for Transport {
             Transport::Http(e) => write!(f, "{e}"),
             Transport::NotEnvelope(m) => f.write_str(m),
             Transport::LoginFailed(e) => write!(f, "login again failed: {e}"),
+            Transport::BadToken(why) => write!(f, "the login reply's token is unusable ({why})"),
         }
     }
 }
@@ -129,6 +132,30 @@ impl Api {
         }
         parse_envelope(&reply.body)
     }
+}
+
+/// Longest token taken from a reply. The server's JWTs are a few hundred bytes (the app name,
+/// the client id, two times, a signature); servers and proxies commonly refuse request headers
+/// of 8 KiB and more in all.
+pub(crate) const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Why a token from a reply cannot go back in `Authorization: Bearer <token>`, if it cannot:
+/// longer than [`MAX_TOKEN_BYTES`], or a byte outside visible ASCII (a CR or LF would end the
+/// header, ureq refuses to send it). The reason never quotes the token.
+pub(crate) fn unusable_token(token: &str) -> Option<String> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Some(format!(
+            "{} bytes, more than {MAX_TOKEN_BYTES}",
+            token.len()
+        ));
+    }
+    if let Some(at) = token.bytes().position(|b| !b.is_ascii_graphic()) {
+        return Some(format!(
+            "byte {at} of {} is not visible ASCII; a header cannot carry it",
+            token.len()
+        ));
+    }
+    None
 }
 
 /// Gzip for `/Trace/ReportRaw`.
@@ -234,6 +261,25 @@ mod tests {
             parse_envelope(deep.as_bytes()),
             Err(CallError::Transport(_))
         ));
+    }
+
+    #[test]
+    fn tokens_that_a_header_cannot_carry_are_named_without_quoting_them() {
+        assert_eq!(
+            unusable_token("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJBIn0.c2ln"),
+            None
+        );
+        assert_eq!(unusable_token(&"a".repeat(MAX_TOKEN_BYTES)), None);
+        for bad in [
+            "abc\r\nX-Evil: 1".to_owned(),
+            "abc def".to_owned(),
+            "abc\u{7f}".to_owned(),
+            "jeton-é".to_owned(),
+            "a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            let why = unusable_token(&bad).expect("refused");
+            assert!(!why.contains("abc") && !why.contains("aaaa"), "{why}");
+        }
     }
 
     #[test]

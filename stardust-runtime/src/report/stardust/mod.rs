@@ -120,6 +120,10 @@ pub(crate) struct StardustSink {
     next_drain: Option<Instant>,
     queue_dropped: u64,
     clamp_logged: bool,
+    /// A refused server clock was said (until an offset is taken again).
+    clock_refused_logged: bool,
+    /// A ping's unusable token was said (until a token is taken again).
+    token_refused_logged: bool,
     proc: procinfo::ProcSampler,
     commands: Dispatcher,
     /// Command replies not posted yet, oldest first; retried from `replies_retry.due`.
@@ -164,6 +168,8 @@ impl StardustSink {
             next_drain: None,
             queue_dropped: 0,
             clamp_logged: false,
+            clock_refused_logged: false,
+            token_refused_logged: false,
             proc: procinfo::ProcSampler::new(o.process_metrics),
             commands: Dispatcher::new(o.commands, o.command_timeout, o.waker),
             replies: VecDeque::new(),
@@ -189,19 +195,51 @@ impl StardustSink {
         format!("$md5${salt}${outer}")
     }
 
-    /// An offset beyond this (±10 years) is a broken server clock, not a skew: ignored.
-    const MAX_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
+    /// The largest server clock offset followed, either way: 30 days
+    /// ([docs/stardust-protocol.md §5.1](crate::docs::stardust_protocol)). Real offsets are far
+    /// smaller: the server sends UTC ms, so time zones do not count; a free-running clock drifts
+    /// seconds a day; a machine keeping local time in its UTC clock is off by at most 14 h (26 h
+    /// when both are); one resumed after a long suspend, or started with a stale hardware
+    /// clock, is off by days until NTP steps it. Following the server through all of these keeps
+    /// reports in the window it stores (3 days back, 1 day ahead, §7.8). Beyond a month only a
+    /// wrong date explains the offset, and following it would date every span that far off.
+    const MAX_OFFSET_MS: i64 = 30 * 86_400_000;
 
-    /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`.
-    fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) {
+    /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`. An
+    /// offset beyond [`Self::MAX_OFFSET_MS`] is not taken (the clock stays as it was: local, or
+    /// the last offset taken) and is returned.
+    fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) -> Result<(), i64> {
         if let Some(server) = get_i64(data, "serverTime").filter(|t| *t > 0) {
             let now = Self::local_ms();
             let delay = now.saturating_sub(sent_local_ms).max(0);
             let offset = server.saturating_add(delay / 2).saturating_sub(now);
-            if offset.abs() <= Self::MAX_OFFSET_MS {
-                clock::set_server_offset_ms(offset);
-            } else {
-                log::warn!("stardust: ignoring an implausible server time ({server})");
+            if offset.abs() > Self::MAX_OFFSET_MS {
+                return Err(offset);
+            }
+            clock::set_server_offset_ms(offset);
+        }
+        Ok(())
+    }
+
+    /// [`Self::sync_clock`], saying once that an offset was refused (again after one is taken).
+    fn learn_clock(&mut self, data: &Map<String, Value>, sent_local_ms: i64) {
+        match Self::sync_clock(data, sent_local_ms) {
+            Ok(()) => self.clock_refused_logged = false,
+            Err(_) if self.clock_refused_logged => {}
+            Err(offset) => {
+                self.clock_refused_logged = true;
+                let days = offset.unsigned_abs() / 86_400_000;
+                let way = if offset > 0 { "ahead of" } else { "behind" };
+                diag::report(
+                    log::Level::Warn,
+                    "server-clock",
+                    &format!(
+                        "the clock of {} is {days} days {way} this machine's (offset {offset} ms); more than {} days is a wrong date, not clock skew: not followed, span times keep the clock they had",
+                        self.api.server(),
+                        Self::MAX_OFFSET_MS / 86_400_000
+                    ),
+                    "check the date of the server and of this machine; the server drops spans more than 3 days old or 1 day ahead of its clock",
+                );
             }
         }
     }
@@ -235,8 +273,13 @@ impl StardustSink {
         )?;
         let empty = Map::new();
         let data = data.as_object().unwrap_or(&empty);
-        Self::sync_clock(data, sent);
-        self.api.token = get_str(data, "token");
+        let token = get_str(data, "token");
+        if let Some(why) = token.as_deref().and_then(api::unusable_token) {
+            // A server fault: nothing of this reply is taken, the login is tried again later.
+            return Err(CallError::Transport(Transport::BadToken(why)));
+        }
+        self.learn_clock(data, sent);
+        self.api.token = token;
         if let (Some(code), Some(secret)) = (get_str(data, "code"), get_str(data, "secret")) {
             log::info!(
                 "stardust: the server registered this application as `{code}` and issued a new secret; using them for this process"
@@ -318,13 +361,27 @@ impl StardustSink {
             Ok(data) => {
                 let empty = Map::new();
                 let data = data.as_object().unwrap_or(&empty);
-                Self::sync_clock(data, sent);
+                self.learn_clock(data, sent);
                 // Takes effect at once: the caller arms the next ping with it.
                 if let Some(p) = get_i64(data, "period").filter(|p| *p > 0) {
                     self.ping_period = Duration::from_secs(p.clamp(1, 3600) as u64);
                 }
                 if let Some(token) = get_str(data, "token") {
-                    self.api.token = Some(token);
+                    match api::unusable_token(&token) {
+                        None => {
+                            self.api.token = Some(token);
+                            self.token_refused_logged = false;
+                        }
+                        // The current token still works until it expires (then a 401 brings a
+                        // new login).
+                        Some(why) if !self.token_refused_logged => {
+                            self.token_refused_logged = true;
+                            log::warn!(
+                                "stardust: the ping reply's new token is unusable ({why}); keeping the current one"
+                            );
+                        }
+                        Some(_) => {}
+                    }
                 }
                 if let Some(commands) = get_ci(data, "commands") {
                     self.commands.receive(commands);
@@ -591,6 +648,12 @@ impl StardustSink {
             ),
             // The new login after a 401 failed: the hint of that login's failure.
             Transport::LoginFailed(login) => self.diagnose(login, true),
+            Transport::BadToken(_) => (
+                "server-error",
+                format!(
+                    "{servers}, or something between it and this process, sent a token that cannot be sent back in a header; logging in again"
+                ),
+            ),
             Transport::Http(_) => (
                 "server-error",
                 "reports are kept and retried; the server's log says why it failed".to_owned(),
@@ -802,7 +865,7 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
             get_str(o, "code"),
             get_str(o, "secret"),
         );
-        StardustSink::sync_clock(o, StardustSink::local_ms());
+        let _ = StardustSink::sync_clock(o, StardustSink::local_ms());
         assert!(clock::server_offset_ms().abs() <= StardustSink::MAX_OFFSET_MS);
         if let Some(Value::Array(commands)) = get_ci(o, "commands") {
             for c in commands {
