@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::util::url::redact_urls;
+
 /// How long a condition stays quiet on stderr after it was printed.
 pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(300);
 
@@ -33,7 +35,11 @@ fn no_logger() -> bool {
 
 /// Logs `message` at `level` (warn or error) under the condition `key`, and, without a
 /// logger, prints it to stderr as the module doc says. `hint` says what to check.
+///
+/// Any URL in `message` or `hint` loses its credentials ([`redact_urls`]) on both paths: a
+/// backstop, so no URL password reaches the log or stderr.
 pub(crate) fn report(level: log::Level, key: &'static str, message: &str, hint: &str) {
+    let (message, hint) = (redact_urls(message), redact_urls(hint));
     if hint.is_empty() {
         log::log!(level, "stardust: {message}");
     } else {
