@@ -1,11 +1,13 @@
-//! Text that must not reach a log line as it is: a password in a server URL, wherever its
-//! delimiters are. Checked with a logger and, in a child process, through the stderr fallback.
+//! Text that must not reach a log line as it is: a password in a server URL (wherever its
+//! delimiters are), and the server's own text — error messages, command names, the `code` a
+//! login reply hands out — which could forge log lines with CR/LF or colour a terminal with
+//! escapes. Checked with a logger and, in a child process, through the stderr fallback.
 
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use stardust_runtime::{Config, InitError, trace};
+use stardust_runtime::{Config, EventKind, InitError, trace};
 use stardust_test_support::common::{self, capture_logs, clear_log_lines, log_lines, wait_until};
 use stardust_test_support::fake_stardust::*;
 
@@ -13,6 +15,10 @@ const APP: &str = "HostileText";
 /// Deadline of every wait for something that only has to happen eventually (a loaded machine
 /// may be many times slower than a workstation; a wait that passes ends at once).
 const WAIT: Duration = Duration::from_secs(60);
+/// Server text that would start a forged log line and turn a terminal red.
+const FORGED: &str = "denied\r\nERROR forged line\x1b[31m";
+/// How a log line must show [`FORGED`].
+const FORGED_SHOWN: &str = "denied\\r\\nERROR forged line\\u{1b}[31m";
 
 #[trace("hostile/op")]
 fn op() {}
@@ -22,6 +28,23 @@ fn closed_port() -> u16 {
     let port = l.local_addr().unwrap().port();
     drop(l);
     port
+}
+
+/// Every captured line is one line, without a terminal escape, and shows the forged text only
+/// escaped.
+fn assert_clean(lines: &[String]) {
+    for l in lines {
+        assert!(
+            !l.contains(['\r', '\n', '\x1b', '\u{85}']),
+            "a raw control character in a log line: {l:?}"
+        );
+        if l.contains("forged line") {
+            assert!(
+                l.contains("\\r\\nERROR forged line\\u{1b}[31m"),
+                "not escaped: {l:?}"
+            );
+        }
+    }
 }
 
 fn with_lines_containing(s: &str) -> Vec<String> {
@@ -130,6 +153,7 @@ fn passwords_of_failing_servers_never_reach_the_log() {
                 && l.contains(&format!("http://127.0.0.1:{b}/base"))),
         "the servers are named, redacted: {lines:#?}"
     );
+    assert_clean(&lines);
 }
 
 // ---- the stderr fallback (no logger), in a child process ---------------------------------------
@@ -160,10 +184,10 @@ fn child_entry() {
 }
 
 #[test]
-fn the_stderr_fallback_shows_no_password() {
+fn the_stderr_fallback_shows_no_password_and_no_forged_line() {
     let _s = common::serial();
     let fake = FakeStardust::builder().app(APP, None).start();
-    fake.set_fault(On::Login, Fault::code(403, "denied"));
+    fake.set_fault(On::Login, Fault::code(403, FORGED));
     let dead = closed_port();
     let servers = format!(
         "http://user:s3cret-pw@127.0.0.1:{dead},http://admin:p@ss-w0rd@127.0.0.1:{}",
@@ -186,6 +210,11 @@ fn the_stderr_fallback_shows_no_password() {
     for secret in ["s3cret", "ss-w0rd", "p@ss"] {
         assert!(!err.contains(secret), "a password on stderr:\n{err}");
     }
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    assert!(
+        !err.lines().any(|l| l.starts_with("ERROR forged line")),
+        "a forged line:\n{err}"
+    );
     let warning = err
         .lines()
         .find(|l| l.starts_with("stardust warning: login to"))
@@ -194,5 +223,136 @@ fn the_stderr_fallback_shows_no_password() {
         warning.contains(&format!("http://127.0.0.1:{}", fake.port())),
         "{warning}"
     );
-    assert!(warning.contains("server error 403: denied"), "{warning}");
+    assert!(warning.contains(FORGED_SHOWN), "{warning}");
+}
+
+// ---- the server's text in log lines -----------------------------------------------------------
+
+#[test]
+fn forged_server_text_is_escaped_in_every_log_line() {
+    let _s = common::serial();
+    capture_logs();
+    clear_log_lines();
+    let fake = FakeStardust::builder()
+        .app(APP, None)
+        .ping_period(1)
+        .start();
+    // One refusal per endpoint, each with the forged text; then the server behaves.
+    fake.push_fault(On::Login, Fault::code(403, FORGED));
+    fake.push_fault(On::Ping, Fault::code(401, FORGED));
+    fake.push_fault(On::Report, Fault::code(500, FORGED));
+    fake.push_fault(On::Only(Endpoint::CommandReply), Fault::code(500, FORGED));
+    fake.push_fault(On::Only(Endpoint::PostEvents), Fault::code(500, FORGED));
+    let forged_name = "app/x\r\nERROR forged line\x1b[31m";
+    let id = fake.send_command(APP, forged_name, None);
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .server(fake.base_url())
+            .app_id(APP)
+            .version("1.0.0")
+            .console(false)
+            .first_report_delay(Duration::from_secs(3600))
+            .request_timeout(Duration::from_secs(30))
+            .shutdown_timeout(WAIT),
+    )
+    .unwrap();
+    fake.expect_logins(1, WAIT);
+    stardust_runtime::event(EventKind::Info, "hostile/event", "one");
+    op();
+    // The report is refused for good (code 500): dropped, so the flush succeeds.
+    let _ = stardust_runtime::flush();
+    let command_shown = "`app/x\\r\\nERROR forged line\\u{1b}[31m`";
+    let seen = |s: &str| {
+        with_lines_containing(s)
+            .iter()
+            .any(|l| l.contains("forged line"))
+    };
+    let all_seen = || {
+        seen("login to")
+            && seen("answered 401")
+            && seen("refused a report")
+            && seen(&format!("refused the reply to command {id}"))
+            && seen("events (")
+            && with_lines_containing(command_shown).len() >= 2
+    };
+    assert!(wait_until(WAIT, all_seen), "{:#?}", log_lines());
+    drop(guard);
+    let lines = log_lines();
+    assert_clean(&lines);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("command {id} {command_shown}: no handler"))),
+        "{lines:#?}"
+    );
+    for l in lines.iter().filter(|l| l.contains("forged line")) {
+        println!("{l}");
+    }
+}
+
+/// Runs the runtime against a server whose login replies hand out `code` (with the app's
+/// secret), through two logins; returns the `AppId`s of the reports it sent.
+fn reports_after_login_code(code: &str) -> Vec<String> {
+    const SECRET: &str = "app-secret";
+    let fake = FakeStardust::builder()
+        .app(APP, Some(SECRET))
+        .login_code(code)
+        .start();
+    let guard = stardust_runtime::init_with(
+        Config::new()
+            .server(fake.base_url())
+            .app_id(APP)
+            .secret(SECRET)
+            .version("1.0.0")
+            .console(false)
+            .first_report_delay(Duration::from_secs(3600))
+            .request_timeout(Duration::from_secs(30))
+            .shutdown_timeout(WAIT),
+    )
+    .unwrap();
+    fake.expect_logins(1, WAIT);
+    op();
+    let _ = stardust_runtime::flush();
+    // A second login (the token is refused, the report retried after it).
+    fake.invalidate_tokens();
+    op();
+    let _ = stardust_runtime::flush();
+    assert!(
+        fake.wait_for(
+            |r| r.logins.len() >= 2 && r.requests.iter().filter(|q| q.is_report()).count() >= 2,
+            WAIT
+        ),
+        "{:#?}",
+        fake.requests()
+    );
+    drop(guard);
+    fake.report_requests()
+        .iter()
+        .map(|q| {
+            q.json.as_ref().expect("a JSON report")["AppId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_login_code_that_fails_the_app_id_checks_is_not_adopted() {
+    let _s = common::serial();
+    capture_logs();
+    for code in ["C".repeat(60), format!("Renamed{FORGED}")] {
+        clear_log_lines();
+        let app_ids = reports_after_login_code(&code);
+        assert!(
+            app_ids.iter().all(|id| id == APP),
+            "reports must keep the configured AppId: {app_ids:?}"
+        );
+        let lines = log_lines();
+        assert_clean(&lines);
+        let warned = with_lines_containing("keeping `HostileText`");
+        assert_eq!(warned.len(), 1, "warned once: {lines:#?}");
+        assert!(with_lines_containing("registered this application as").is_empty());
+        println!("{}", warned[0]);
+    }
 }

@@ -259,7 +259,10 @@ impl Config {
         self
     }
 
-    /// Application id (the app's name on the Stardust server; must not be empty).
+    /// Application id (the app's name on the Stardust server): not empty, at most 50
+    /// characters (UTF-16 units, as the server counts), no control character (a line break,
+    /// an escape). A `code` the server's login reply hands out (an auto-registration) is
+    /// adopted only when it passes the same checks.
     pub fn app_id(mut self, app_id: impl Into<String>) -> Config {
         self.app_id = Some(app_id.into());
         self.app_id_from = "Config::app_id";
@@ -535,12 +538,12 @@ impl Config {
                     "the application id is empty",
                 ));
             }
-            let units = crate::util::text::utf16_len(id);
-            if units > 50 {
+            if let Some(problem) = crate::util::text::app_id_problem(id) {
                 return Err(ConfigError::new(
                     self.app_id_from,
                     format!(
-                        "the application id `{id}` is {units} characters long; the server takes at most 50"
+                        "the application id `{}` {problem}",
+                        crate::util::text::escaped(id)
                     ),
                 ));
             }
@@ -768,6 +771,14 @@ mod tests {
                 .server("http://user:P4ss%23w0rd@127.0.0.1:6600")
                 .validate()
                 .is_ok()
+        );
+        let e = Config::new()
+            .app_id("orders\r\nERROR forged")
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e.problem(),
+            "the application id `orders\\r\\nERROR forged` holds a control character (a line break, an escape, ...)"
         );
     }
 
