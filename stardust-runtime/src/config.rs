@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::report::commands::{DEFAULT_TIMEOUT, Handlers};
 use crate::report::sink::Reporter;
-use crate::util::url::redact_url;
+use crate::util::url::{redact_url, server_url_problem, url_for_error};
 
 /// Runtime configuration. `Config::from_env()` reads the Stardust environment variables;
 /// builder methods override them.
@@ -233,6 +233,15 @@ impl Config {
     /// The Stardust server's URL (`http://host:6600` or `https://…`). For fail-over across
     /// several servers use [`servers`](Config::servers); the environment variable `StarServer`
     /// takes them separated by commas.
+    ///
+    /// A user name and password (`http://user:password@host:6600`) never reach a log line or
+    /// an error message. A URL that cannot be used as given makes `init` fail with
+    /// `InvalidConfig`: a `/`, `?` or `#` in the user name or password (percent-encode them:
+    /// `%2F`, `%3F`, `%23`; a `,` too, `%2C`, in `StarServer`), an `@` in the path (`%40`), a
+    /// query or fragment, a character a URL cannot hold as it is (white space, a control
+    /// character, a quote, a non-ASCII letter), no host, or a port that is not a number up to
+    /// 65535. The error shows the URL as `scheme://host:port` at most (`scheme://…` when the
+    /// host cannot be told apart), never its password.
     pub fn server(mut self, url: impl Into<String>) -> Config {
         self = self.servers([url.into()]);
         self.servers_from = "Config::server";
@@ -250,7 +259,10 @@ impl Config {
         self
     }
 
-    /// Application id (the app's name on the Stardust server; must not be empty).
+    /// Application id (the app's name on the Stardust server): not empty, at most 50
+    /// characters (UTF-16 units, as the server counts), no control character (a line break,
+    /// an escape). A `code` the server's login reply hands out (an auto-registration) is
+    /// adopted only when it passes the same checks.
     pub fn app_id(mut self, app_id: impl Into<String>) -> Config {
         self.app_id = Some(app_id.into());
         self.app_id_from = "Config::app_id";
@@ -516,8 +528,8 @@ impl Config {
                 "a command handler was registered with an empty name",
             ));
         }
-        for s in &self.servers {
-            check_url(self.servers_from, "server", s)?;
+        for (i, s) in self.servers.iter().enumerate() {
+            check_url(self.servers_from, "server", s, (i, self.servers.len()))?;
         }
         if let Some(id) = &self.app_id {
             if id.trim().is_empty() {
@@ -526,39 +538,67 @@ impl Config {
                     "the application id is empty",
                 ));
             }
-            let units = crate::util::text::utf16_len(id);
-            if units > 50 {
+            if let Some(problem) = crate::util::text::app_id_problem(id) {
                 return Err(ConfigError::new(
                     self.app_id_from,
                     format!(
-                        "the application id `{id}` is {units} characters long; the server takes at most 50"
+                        "the application id `{}` {problem}",
+                        crate::util::text::escaped(id)
                     ),
                 ));
             }
         }
         #[cfg(feature = "skywalking")]
-        for b in &self.skywalking.backends {
-            check_url(self.skywalking.backends_from, "SkyWalking OAP", b)?;
+        for (i, b) in self.skywalking.backends.iter().enumerate() {
+            check_url(
+                self.skywalking.backends_from,
+                "SkyWalking OAP",
+                b,
+                (i, self.skywalking.backends.len()),
+            )?;
         }
         Ok(())
     }
 }
 
-/// An `http://` or `https://` URL with a host.
-fn check_url(setting: &'static str, what: &str, url: &str) -> Result<(), ConfigError> {
+/// An `http://` or `https://` URL the runtime can use as it is (see
+/// [`server_url_problem`]). The error never holds a password: it shows the URL as
+/// [`url_for_error`] does, and says what is wrong in words of its own. `at` is the URL's place in
+/// its list (0-based) and the list's length.
+fn check_url(
+    setting: &'static str,
+    what: &str,
+    url: &str,
+    at: (usize, usize),
+) -> Result<(), ConfigError> {
     let ok = ["http://", "https://"]
         .iter()
         .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
+    if !ok {
+        return Err(ConfigError::new(
             setting,
             format!(
                 "{what} `{}` is not an http:// or https:// URL",
-                redact_url(url)
+                url_for_error(url)
             ),
-        ))
+        ));
+    }
+    match server_url_problem(url) {
+        None => Ok(()),
+        Some(problem) => {
+            let place = if at.1 > 1 {
+                format!(" ({} of {})", at.0 + 1, at.1)
+            } else {
+                String::new()
+            };
+            Err(ConfigError::new(
+                setting,
+                format!(
+                    "{what} `{}`{place} cannot be used: {problem}",
+                    url_for_error(url)
+                ),
+            ))
+        }
     }
 }
 
@@ -686,6 +726,60 @@ mod tests {
         let ok = Config::new().servers(["http://a:1/", "https://b"]);
         assert_eq!(ok.servers, ["http://a:1", "https://b"]);
         assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn unusable_server_urls_fail_without_their_password() {
+        let e = Config::new()
+            .server("http://user:P4ss#w0rd@127.0.0.1:6600")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.setting(), "Config::server");
+        assert_eq!(
+            e.problem(),
+            "server `http://127.0.0.1:6600` cannot be used: it has an `@` after a `/`, `?` or `#`: in a user name or password write those as %2F, %3F and %23 (and an `@` in a path as %40)"
+        );
+        for (servers, password) in [
+            ("http://user:P4ss/w0rd@h:1, http://b:1", "w0rd"),
+            ("http://b:1, http://user:1234/w0rd@h:1/x", "w0rd"),
+            ("http://u:s3cr3t w@h:1", "s3cr3t"),
+            ("http://u:s3cr3t\r\n@h:1", "s3cr3t"),
+            // A comma in the password splits the value: neither piece shows it.
+            ("http://u:s3cr,et@h:1", "s3cr"),
+            ("http://b:1,x:s3cr,et@h:1", "s3cr"),
+            ("ftp://u:s3cr#et@h", "s3cr"),
+        ] {
+            let e = Config::new()
+                .with_vars([("StarServer".to_owned(), servers.to_owned())])
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.setting(), "StarServer");
+            assert!(!e.to_string().contains(password), "{servers}: {e}");
+        }
+        let e = Config::new()
+            .servers(["http://a:1", "http://user:P4ss/w0rd@h:1"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.problem().starts_with(
+                "server `http://h:1` (2 of 2) cannot be used: it has an `@` after a `/`"
+            ),
+            "{e}"
+        );
+        assert!(
+            Config::new()
+                .server("http://user:P4ss%23w0rd@127.0.0.1:6600")
+                .validate()
+                .is_ok()
+        );
+        let e = Config::new()
+            .app_id("orders\r\nERROR forged")
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e.problem(),
+            "the application id `orders\\r\\nERROR forged` holds a control character (a line break, an escape, ...)"
+        );
     }
 
     #[test]

@@ -141,6 +141,11 @@ pub struct Settings {
     /// A login without a `Compile` (or with 0) is a violation (`compile-missing`). The real
     /// server accepts it (stardust-runtime/docs/stardust-protocol.md §6.7); default false.
     pub require_compile: bool,
+    /// When set, every successful login reply carries this `code` (and the app's secret as
+    /// `secret`), as a server that registered the app under another name would; the token
+    /// stays the logged-in app's. A client must check a code before it reports under it.
+    /// Default `None` (the real rules of stardust-runtime/docs/stardust-protocol.md §3.3).
+    pub login_code: Option<String>,
 }
 
 impl Default for Settings {
@@ -158,6 +163,7 @@ impl Default for Settings {
             trace_response: TraceResponseCfg::default(),
             server_utc_offset_min: 0,
             require_compile: false,
+            login_code: None,
         }
     }
 }
@@ -900,6 +906,12 @@ impl FakeStardustBuilder {
     /// See [`Settings::require_compile`].
     pub fn require_compile(mut self, on: bool) -> Self {
         self.settings.require_compile = on;
+        self
+    }
+
+    /// See [`Settings::login_code`].
+    pub fn login_code(mut self, code: &str) -> Self {
+        self.settings.login_code = Some(code.to_owned());
         self
     }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::integrations::route::{ID, template_segment};
 use crate::span::context::exit_span;
-use crate::util::url::{redact_url, without_userinfo};
+use crate::util::url::{redact_parsed_url, without_userinfo};
 
 /// Most distinct outgoing span names per host; past it calls are named `{scheme}://{authority}`.
 const MAX_NAMES_PER_HOST: usize = 64;
@@ -175,7 +175,7 @@ fn traced(
         .map(|a| without_userinfo(a.as_str()).to_owned())
         .unwrap_or_default();
     let mut span = exit_span(name(&request), &peer);
-    let uri = redact_url(&request.uri().to_string()).into_owned();
+    let uri = redact_parsed_url(&request.uri().to_string()).into_owned();
     span.tag_with(|| format!("{} {uri}", request.method()));
     span.add_attr("http.method", || request.method().to_string());
     span.add_attr("url", || uri.clone());

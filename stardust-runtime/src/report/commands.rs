@@ -24,6 +24,7 @@ use crate::report::sink::Waker;
 use crate::span::context::entry_span;
 use crate::util::json::{get_ci, get_i64};
 use crate::util::text::cut_utf16;
+use crate::util::text::escaped;
 
 /// A command handler: the command's argument (empty when it has none) in, the result text
 /// (status Done) or an error text (status Error) out.
@@ -374,7 +375,7 @@ impl Dispatcher {
                 log::debug!(
                     "stardust: ignoring command {} `{}` (no id or no name)",
                     cmd.id,
-                    cmd.name
+                    escaped(&cmd.name)
                 );
                 continue;
             }
@@ -382,7 +383,11 @@ impl Dispatcher {
                 continue;
             }
             self.remember(&cmd, now);
-            log::debug!("stardust: command {} `{}` received", cmd.id, cmd.name);
+            log::debug!(
+                "stardust: command {} `{}` received",
+                cmd.id,
+                escaped(&cmd.name)
+            );
             self.dispatch(cmd);
         }
     }
@@ -419,7 +424,11 @@ impl Dispatcher {
             },
         };
         if let Some((cmd, why)) = refused {
-            log::warn!("stardust: command {} `{}` refused: {why}", cmd.id, cmd.name);
+            log::warn!(
+                "stardust: command {} `{}` refused: {why}",
+                cmd.id,
+                escaped(&cmd.name)
+            );
             let _ = self
                 .replies_tx
                 .send(Reply::new(cmd.id, Status::Error, Some(why)));
@@ -577,7 +586,7 @@ impl Worker {
                 log::debug!(
                     "stardust: command {} `{}` scheduled for {}",
                     cmd.id,
-                    cmd.name,
+                    escaped(&cmd.name),
                     format_utc(start)
                 );
                 // As .NET: "scheduled for <time>"; the final status follows when it has run.
@@ -606,7 +615,11 @@ impl Worker {
     }
 
     fn refuse(&self, cmd: &Command, why: String) {
-        log::warn!("stardust: command {} `{}` refused: {why}", cmd.id, cmd.name);
+        log::warn!(
+            "stardust: command {} `{}` refused: {why}",
+            cmd.id,
+            escaped(&cmd.name)
+        );
         self.reply(cmd.id, Status::Error, Some(why));
     }
 
@@ -621,7 +634,7 @@ impl Worker {
         log::debug!(
             "stardust: command {} `{}` expired at {}; cancelled",
             cmd.id,
-            cmd.name,
+            escaped(&cmd.name),
             format_utc(expire)
         );
         self.reply(cmd.id, Status::Cancelled, None);
@@ -658,7 +671,11 @@ impl Worker {
                 let mut span = command_span(&cmd);
                 span.set_error(&text);
                 drop(span);
-                log::debug!("stardust: command {} `{}`: no handler", cmd.id, cmd.name);
+                log::debug!(
+                    "stardust: command {} `{}`: no handler",
+                    cmd.id,
+                    escaped(&cmd.name)
+                );
                 self.reply(cmd.id, Status::Error, Some(text));
                 continue;
             };
@@ -715,13 +732,18 @@ impl Worker {
             Outcome::Err(text) => (Status::Error, text),
             Outcome::Panicked(text) => {
                 log::warn!(
-                    "stardust: the handler of command `{}` panicked: {text}",
-                    r.name
+                    "stardust: the handler of command `{}` panicked: {}",
+                    escaped(&r.name),
+                    escaped(&text)
                 );
                 (Status::Error, text)
             }
         };
-        log::debug!("stardust: command {} `{}`: {status:?}", r.id, r.name);
+        log::debug!(
+            "stardust: command {} `{}`: {status:?}",
+            r.id,
+            escaped(&r.name)
+        );
         self.reply(r.id, status, Some(data));
     }
 
@@ -733,7 +755,7 @@ impl Worker {
         log::warn!(
             "stardust: the handler of command {} `{}` did not return within {:?}; answered as timed out",
             r.id,
-            r.name,
+            escaped(&r.name),
             self.timeout
         );
         self.late.insert(r.seq);

@@ -171,7 +171,10 @@ impl FailoverClient {
             match self.once(&url, req, timeout) {
                 Err(HttpError::Unreachable(e)) => {
                     let err = HttpError::Unreachable(e);
-                    self.advance(log::Level::Warn, &format!("unreachable ({err})"));
+                    self.advance(
+                        log::Level::Warn,
+                        &format!("unreachable ({})", crate::util::text::escaped(&err)),
+                    );
                     last = err;
                 }
                 other => return other,

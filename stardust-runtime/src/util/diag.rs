@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::util::text::escaped_uncut;
+
 /// How long a condition stays quiet on stderr after it was printed.
 pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(300);
 
@@ -33,7 +35,15 @@ fn no_logger() -> bool {
 
 /// Logs `message` at `level` (warn or error) under the condition `key`, and, without a
 /// logger, prints it to stderr as the module doc says. `hint` says what to check.
+///
+/// `message` and `hint` are shown as [`escaped_uncut`] shows them, on both paths: a caller
+/// escapes the server's text it quotes ([`escaped`](crate::util::text::escaped)); this is the
+/// backstop, so no line break, terminal escape or URL password reaches the log or stderr.
 pub(crate) fn report(level: log::Level, key: &'static str, message: &str, hint: &str) {
+    let (message, hint) = (
+        escaped_uncut(message).to_string(),
+        escaped_uncut(hint).to_string(),
+    );
     if hint.is_empty() {
         log::log!(level, "stardust: {message}");
     } else {

@@ -692,6 +692,14 @@ fn login(sh: &Shared, inc: &Incoming) -> Reply {
                 (None, lock(&sh.cfg).settings.token_lifetime.as_secs() as i64)
             };
             rec.token = token.clone();
+            let forced = {
+                let cfg = lock(&sh.cfg);
+                cfg.settings.login_code.clone().map(|c| {
+                    let secret = cfg.apps.get(&app_id).and_then(|a| a.secret.clone());
+                    (c, secret.unwrap_or_default())
+                })
+            };
+            let disclose = forced.or(disclose);
             rec.disclosed_secret = disclose.is_some();
             let (code, secret) = disclose
                 .map(|(c, s)| (json!(c), json!(s)))

@@ -317,8 +317,9 @@ impl Reporter {
                     if !self.failure_logged {
                         self.failure_logged = true;
                         log::warn!(
-                            "stardust: posting SkyWalking segments to {} failed ({e}); {} batch(es) kept for retry",
+                            "stardust: posting SkyWalking segments to {} failed ({}); {} batch(es) kept for retry",
                             self.oap.0.server(),
+                            crate::util::text::escaped(&e),
                             self.retry.len()
                         );
                     }
@@ -356,7 +357,10 @@ impl Reporter {
             .oap
             .post("/v3/management/keepAlive", &body, self.request_timeout)
         {
-            log::debug!("stardust: SkyWalking keepAlive failed: {e}");
+            log::debug!(
+                "stardust: SkyWalking keepAlive failed: {}",
+                crate::util::text::escaped(&e)
+            );
         }
     }
 
@@ -389,8 +393,9 @@ impl Reporter {
                 self.properties_failed = true;
                 log::log!(
                     level,
-                    "stardust: SkyWalking reportProperties to {} failed ({e}); retrying at the next heartbeat",
-                    self.oap.0.server()
+                    "stardust: SkyWalking reportProperties to {} failed ({}); retrying at the next heartbeat",
+                    self.oap.0.server(),
+                    crate::util::text::escaped(&e)
                 );
             }
         }

@@ -22,6 +22,7 @@ use crate::report::sink::{Sink, Urgent, Waker};
 use crate::settings::{SETTINGS, Settings};
 use crate::util::diag;
 use crate::util::text::cut_utf16;
+use crate::util::text::{app_id_problem, escaped};
 
 use crate::util::json::{get_ci, get_i64, get_str};
 use api::{Api, Body, CallError, Transport};
@@ -124,6 +125,8 @@ pub(crate) struct StardustSink {
     clock_refused_logged: bool,
     /// A ping's unusable token was said (until a token is taken again).
     token_refused_logged: bool,
+    /// A login reply's `code` was refused (logged once).
+    code_refused_logged: bool,
     proc: procinfo::ProcSampler,
     commands: Dispatcher,
     /// Command replies not posted yet, oldest first; retried from `replies_retry.due`.
@@ -170,6 +173,7 @@ impl StardustSink {
             clamp_logged: false,
             clock_refused_logged: false,
             token_refused_logged: false,
+            code_refused_logged: false,
             proc: procinfo::ProcSampler::new(o.process_metrics),
             commands: Dispatcher::new(o.commands, o.command_timeout, o.waker),
             replies: VecDeque::new(),
@@ -281,11 +285,7 @@ impl StardustSink {
         self.learn_clock(data, sent);
         self.api.token = token;
         if let (Some(code), Some(secret)) = (get_str(data, "code"), get_str(data, "secret")) {
-            log::info!(
-                "stardust: the server registered this application as `{code}` and issued a new secret; using them for this process"
-            );
-            self.app_id = code;
-            self.secret = Some(secret);
+            self.adopt(code, secret);
         }
         self.logged_in = true;
         self.login_failures = 0;
@@ -297,6 +297,32 @@ impl StardustSink {
             self.app_id
         );
         Ok(())
+    }
+
+    /// Takes the `code` and `secret` a login reply handed out (an auto-registration, a rename)
+    /// for the rest of the process, when the code passes the checks a configured application
+    /// id passes (`Config::app_id`); otherwise keeps the configured pair and says so once.
+    fn adopt(&mut self, code: String, secret: String) {
+        match app_id_problem(&code) {
+            None => {
+                log::info!(
+                    "stardust: the server registered this application as `{}` and issued a new secret; using them for this process",
+                    escaped(&code)
+                );
+                self.app_id = code;
+                self.secret = Some(secret);
+            }
+            Some(problem) => {
+                if !self.code_refused_logged {
+                    self.code_refused_logged = true;
+                    log::warn!(
+                        "stardust: the server handed out the application id `{}`, which {problem}; keeping `{}` and its secret",
+                        escaped(&code),
+                        escaped(&self.app_id)
+                    );
+                }
+            }
+        }
     }
 
     /// Counts a failed login and sets when the background retries it: 5 s, +5 s per failure,
@@ -319,8 +345,9 @@ impl StardustSink {
                     log::Level::Warn,
                     key,
                     &format!(
-                        "login to {} failed: {e}; retrying in {wait} s",
-                        self.api.server()
+                        "login to {} failed: {}; retrying in {wait} s",
+                        self.api.server(),
+                        escaped(&e)
                     ),
                     &hint,
                 );
@@ -338,7 +365,10 @@ impl StardustSink {
     ) -> Result<Value, CallError> {
         match self.api.call(path, body, self.request_timeout, deadline) {
             Err(CallError::Business { code: 401, message }) => {
-                log::info!("stardust: {path} answered 401 ({message}); logging in again");
+                log::info!(
+                    "stardust: {path} answered 401 ({}); logging in again",
+                    escaped(&message)
+                );
                 self.logged_in = false;
                 // A failed re-login is not the report's fault: keep the data (Transport).
                 if let Err(e) = self.login(deadline) {
@@ -391,13 +421,21 @@ impl StardustSink {
                 code: code @ (401 | 403),
                 message,
             }) => {
-                log::warn!("stardust: ping answered {code} ({message}); logging in again");
+                log::warn!(
+                    "stardust: ping answered {code} ({}); logging in again",
+                    escaped(&message)
+                );
                 self.logged_in = false;
                 self.next_login = Instant::now();
             }
             Err(e) => {
                 let (key, hint) = self.diagnose(&e, false);
-                diag::report(log::Level::Warn, key, &format!("ping failed: {e}"), &hint);
+                diag::report(
+                    log::Level::Warn,
+                    key,
+                    &format!("ping failed: {}", escaped(&e)),
+                    &hint,
+                );
             }
         }
     }
@@ -450,7 +488,8 @@ impl StardustSink {
             }
             Err(CallError::Business { message, .. }) => {
                 log::warn!(
-                    "stardust: report refused after logging in again (401 {message}); kept for retry"
+                    "stardust: report refused after logging in again (401 {}); kept for retry",
+                    escaped(&message)
                 );
                 self.enqueue(model);
                 false
@@ -461,8 +500,9 @@ impl StardustSink {
                     log::Level::Warn,
                     key,
                     &format!(
-                        "report to {} failed ({m}); kept for retry ({} queued)",
+                        "report to {} failed ({}); kept for retry ({} queued)",
                         self.api.server(),
+                        escaped(&m),
                         self.queue.len() + 1
                     ),
                     &hint,
@@ -518,7 +558,7 @@ impl StardustSink {
                 Ok(reply) => self.apply(&reply),
                 Err(e) if refused_for_good(&e) => report_refused(&e, &model),
                 Err(e) => {
-                    log::debug!("stardust: retry stopped: {e}");
+                    log::debug!("stardust: retry stopped: {}", escaped(&e));
                     self.queue.push_front(model);
                     self.next_drain = Some(Instant::now() + QUEUE_RETRY);
                     return;
@@ -587,11 +627,12 @@ impl StardustSink {
             });
             let Some(failure) = failure else { continue };
             if warned {
-                log::debug!("stardust: report failed again ({failure})");
+                log::debug!("stardust: report failed again ({})", escaped(&failure));
             } else {
                 warned = true;
                 log::warn!(
-                    "stardust: report failed ({failure}); retrying until the deadline ({} queued)",
+                    "stardust: report failed ({}); retrying until the deadline ({} queued)",
+                    escaped(&failure),
                     self.queue.len()
                 );
             }
@@ -706,13 +747,15 @@ impl StardustSink {
                     }
                 }
                 Err(e) if refused_for_good(&e) => log::warn!(
-                    "stardust: the server refused the reply to command {} ({e}); dropped",
-                    reply.id
+                    "stardust: the server refused the reply to command {} ({}); dropped",
+                    reply.id,
+                    escaped(&e)
                 ),
                 Err(e) => {
                     log::debug!(
-                        "stardust: reply to command {} failed ({e}); retrying in {:?}",
+                        "stardust: reply to command {} failed ({}); retrying in {:?}",
                         reply.id,
+                        escaped(&e),
                         self.replies_retry.step
                     );
                     self.replies_retry.failed();
@@ -750,15 +793,17 @@ impl StardustSink {
                     log::Level::Error,
                     "events-refused",
                     &format!(
-                        "the server refused {} events ({e}); dropped",
-                        self.event_batch.len()
+                        "the server refused {} events ({}); dropped",
+                        self.event_batch.len(),
+                        escaped(&e)
                     ),
                     "the server's log says why",
                 ),
                 Err(e) => {
                     log::debug!(
-                        "stardust: posting {} events failed ({e}); retrying in {:?}",
+                        "stardust: posting {} events failed ({}); retrying in {:?}",
                         self.event_batch.len(),
+                        escaped(&e),
                         self.events_due.step
                     );
                     self.events_due.failed();
@@ -789,7 +834,7 @@ impl StardustSink {
             .call("/App/Logout?reason=Dispose", Body::None, LOGOUT_MAX, bound)
         {
             Ok(_) => log::debug!("stardust: logged out"),
-            Err(e) => log::debug!("stardust: logout failed: {e}"),
+            Err(e) => log::debug!("stardust: logout failed: {}", escaped(&e)),
         }
         self.logged_in = false;
     }
@@ -917,7 +962,8 @@ fn report_refused(e: &CallError, model: &TraceModel) {
         log::Level::Error,
         "report-refused",
         &format!(
-            "the server refused a report ({e}); {} operations dropped",
+            "the server refused a report ({}); {} operations dropped",
+            escaped(e),
             model.builders.len()
         ),
         "the server's log says why; an operation name or tag it cannot store is a common cause",
@@ -1049,8 +1095,9 @@ impl Sink for StardustSink {
             log::Level::Warn,
             "flush-timeout",
             &format!(
-                "flush deadline passed: {left} not delivered yet to {}; kept for retry (last error: {error})",
-                self.api.servers_for_log()
+                "flush deadline passed: {left} not delivered yet to {}; kept for retry (last error: {})",
+                self.api.servers_for_log(),
+                escaped(&error)
             ),
             "",
         );
@@ -1073,8 +1120,9 @@ impl Sink for StardustSink {
                     log::Level::Warn,
                     "shutdown-loss",
                     &format!(
-                        "shutdown deadline passed: {lost} not delivered to {}; lost (last error: {error})",
-                        self.api.servers_for_log()
+                        "shutdown deadline passed: {lost} not delivered to {}; lost (last error: {})",
+                        self.api.servers_for_log(),
+                        escaped(&error)
                     ),
                     "a longer Config::shutdown_timeout waits longer for the server",
                 );
