@@ -141,6 +141,10 @@ pub struct Settings {
     /// A login without a `Compile` (or with 0) is a violation (`compile-missing`). The real
     /// server accepts it (stardust-runtime/docs/stardust-protocol.md §6.7); default false.
     pub require_compile: bool,
+    /// Replies longer than this are recorded ([`RecordedRequest::response`]) with their status
+    /// only: no body, no JSON (not even parsed). Default unlimited; for tests that send replies
+    /// of megabytes and measure the memory of the process.
+    pub max_recorded_response_bytes: usize,
 }
 
 impl Default for Settings {
@@ -158,6 +162,7 @@ impl Default for Settings {
             trace_response: TraceResponseCfg::default(),
             server_utc_offset_min: 0,
             require_compile: false,
+            max_recorded_response_bytes: usize::MAX,
         }
     }
 }
@@ -868,6 +873,11 @@ impl FakeStardustBuilder {
         self.settings.require_compile = on;
         self
     }
+    /// See [`Settings::max_recorded_response_bytes`].
+    pub fn max_recorded_response_bytes(mut self, n: usize) -> Self {
+        self.settings.max_recorded_response_bytes = n;
+        self
+    }
 
     /// Bind both ports on 127.0.0.1 and start serving. Panics if binding fails.
     pub fn start(self) -> FakeStardust {
@@ -1003,6 +1013,9 @@ impl FakeStardust {
     }
     pub fn set_require_compile(&self, on: bool) {
         self.update_settings(|s| s.require_compile = on)
+    }
+    pub fn set_max_recorded_response_bytes(&self, n: usize) {
+        self.update_settings(|s| s.max_recorded_response_bytes = n)
     }
 
     /// Server clock: Unix ms now + clock_offset_ms.
