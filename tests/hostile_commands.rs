@@ -1,7 +1,8 @@
 //! Commands from a server that misbehaves, against the strict fake: a ping reply listing
-//! 100,000 commands (the real server lists at most 100), sent again and again. The client takes
-//! a bounded number of commands per reply, answers each id once, stays responsive and small,
-//! and logs a bounded number of lines.
+//! 100,000 commands (the real server lists at most 100), sent again and again, and a server
+//! that sends tens of thousands of distinct command names. The client takes a bounded number of
+//! commands per reply, answers each id once, stays responsive and small, logs a bounded number
+//! of lines, and the server's command names never take the application's operation names.
 
 use stardust_test_support::common;
 use stardust_test_support::fake_stardust::*;
@@ -209,4 +210,80 @@ fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_onc
         .collect();
     assert!(violations.is_empty(), "{violations:#?}");
     drop(guard);
+}
+
+/// 20,000 distinct command names queued on the server, delivered 100 per ping, none with a
+/// handler: more than the 5,000 operation names built at run time that a period keeps. The
+/// application's own operation, traced after more than 5,000 of them in the same period, keeps
+/// its row with its exact count: every unknown command is counted under one operation.
+#[test]
+fn server_command_names_never_take_the_applications_operation_names() {
+    let _s = common::serial();
+    const NAMES: usize = 20_000;
+    /// More than the period's budget of run-time names (5,000).
+    const BEFORE_APP: usize = 5_200;
+    const APP_SPANS: u64 = 1_000;
+    let fake = fake();
+    let names: Vec<String> = (0..NAMES).map(|i| format!("hostile/{i}")).collect();
+    let (guard, rx) = common::start(config(&fake).command("known/op", |_: &str| Ok("ok".into())));
+    fake.expect_logins(1, WAIT);
+    // A known command keeps its own operation, named as registered.
+    let known = fake.send_command(APP, "KNOWN/OP", None);
+    let started = Instant::now();
+    fake.send_commands(APP, &names);
+    assert!(
+        fake.wait_for(
+            |r| r.command_replies.len() > BEFORE_APP,
+            Duration::from_secs(600)
+        ),
+        "{} commands answered",
+        fake.command_replies().len()
+    );
+    let answered = fake.command_replies().len();
+    // An operation named at run time (as the HTTP helpers name requests): within the
+    // period's budget of such names, which the commands' names used up before the fix.
+    let op = String::from("orders/list");
+    for _ in 0..APP_SPANS {
+        drop(stardust_runtime::span(op.clone()));
+    }
+    guard.flush().expect("flushed");
+    let models = common::drain(&rx);
+    let builders: Vec<_> = models.iter().flat_map(|m| &m.builders).collect();
+    let total = |name: &str| -> u64 {
+        builders
+            .iter()
+            .filter(|b| b.name == name)
+            .map(|b| b.total as u64)
+            .sum()
+    };
+    let app = total("orders/list");
+    let overflow = total("stardust:overflow");
+    let unknown = total("cmd:(unknown)");
+    let per_name = builders
+        .iter()
+        .filter(|b| b.name.starts_with("cmd:hostile/"))
+        .count();
+    eprintln!(
+        "hostile_commands: {answered} of {NAMES} distinct command names answered in {:?}; \
+         app row {app} of {APP_SPANS}; `stardust:overflow` {overflow}; `cmd:(unknown)` {unknown}; \
+         {per_name} rows `cmd:hostile/…`; {} rows in all ({:?}…); dropped spans {}",
+        started.elapsed(),
+        builders.len(),
+        builders.iter().take(4).map(|b| &b.name).collect::<Vec<_>>(),
+        stardust_runtime::dropped_spans(),
+    );
+    assert_eq!(app, APP_SPANS, "the application's operation keeps its row");
+    assert_eq!(overflow, 0, "nothing overflowed");
+    assert_eq!(per_name, 0, "no row per server-sent name");
+    assert!(
+        unknown as usize >= BEFORE_APP,
+        "{unknown} unknown commands counted"
+    );
+    let c = fake.command(known).unwrap();
+    assert_eq!(c.status, command_status::DONE, "{c:?}");
+    assert_eq!(total("cmd:known/op"), 1, "as registered, not as sent");
+    assert_eq!(total("cmd:KNOWN/OP"), 0);
+    assert_eq!(stardust_runtime::dropped_spans(), 0);
+    drop(guard);
+    fake.assert_no_violations();
 }

@@ -1135,6 +1135,40 @@ impl FakeStardust {
             id
         })
     }
+    /// Queue one immediate command without argument or expiry per name, all at once (in time
+    /// linear in their number, where [`send_command`](Self::send_command) looks at every
+    /// command queued before); returns their ids, in order. Panics as `send_command_with` does.
+    pub fn send_commands(&self, app: &str, names: &[String]) -> Vec<i64> {
+        for n in names {
+            assert!(
+                !n.is_empty() && model::utf16_len(n) <= 50,
+                "fake stardust: command name must be 1..=50 chars: {n:?}"
+            );
+        }
+        let now = self.server_now_ms();
+        self.shared.with_rec(|r| {
+            let first = r.commands.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+            let ids: Vec<i64> = (first..).take(names.len()).collect();
+            r.commands
+                .extend(ids.iter().zip(names).map(|(&id, name)| CommandRecord {
+                    id,
+                    app: app.into(),
+                    command: name.clone(),
+                    argument: None,
+                    start_time_ms: None,
+                    expire_ms: None,
+                    trace_id: None,
+                    created_ms: now,
+                    status: command_status::READY,
+                    times: 0,
+                    delivered_in: Vec::new(),
+                    result: None,
+                    cancelled_by_server: false,
+                    replies: Vec::new(),
+                }));
+            ids
+        })
+    }
     /// All commands queued so far, by id.
     pub fn commands(&self) -> Vec<CommandRecord> {
         lock(&self.shared.rec).commands.clone()

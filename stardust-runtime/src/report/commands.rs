@@ -8,7 +8,8 @@
 //! and hands them to the command thread (started with the first command). That thread cancels
 //! expired commands, answers a command with a future start time with "processing" and keeps it
 //! until it is due, and runs the others one at a time, each on a thread of its own in a span
-//! `cmd:<name>` that continues the command's trace. A handler that runs past the time bound is
+//! `cmd:<name>` (the name as registered; [`UNKNOWN_COMMAND_OP`] for every command without a
+//! handler) that continues the command's trace. A handler that runs past the time bound is
 //! answered "timed out" and left to finish alone (its result is ignored). Replies go back to
 //! the uploader, which posts them (`/App/CommandReply`).
 
@@ -44,6 +45,9 @@ const MAX_SEEN: usize = 10_000;
 /// not remembered — for a later reply: the server re-sends a command until it has a final
 /// status. Answering them instead would cost a request each and need their ids remembered.
 const MAX_NEW_PER_REPLY: usize = 100;
+/// The operation of every command without a handler (one row, whatever names the server sends:
+/// they never take the application's operation names); the name sent is the span's tag.
+const UNKNOWN_COMMAND_OP: &str = "cmd:(unknown)";
 /// Commands handed to the command thread and not yet taken; past it a command is refused.
 const MAX_INBOX: usize = 256;
 /// Commands waiting for their start time, and commands waiting for their turn.
@@ -125,7 +129,14 @@ impl Handlers {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Handler> {
-        self.map.get(&Self::key(name)).map(|(_, h)| h)
+        self.find(name).map(|(_, h)| h)
+    }
+
+    /// The handler for `name` with its name as registered.
+    fn find(&self, name: &str) -> Option<(&str, &Handler)> {
+        self.map
+            .get(&Self::key(name))
+            .map(|(registered, h)| (registered.as_str(), h))
     }
 
     /// The names as registered, sorted (for `Config`'s `Debug`).
@@ -787,8 +798,13 @@ impl Worker {
         let Some(expire) = cmd.expire_ms.filter(|e| *e <= now) else {
             return false;
         };
-        let mut span = command_span(cmd);
-        span.set_tag(format!("expired at {}", format_utc(expire)));
+        let registered = self.handlers.find(&cmd.name).map(|(n, _)| n);
+        let mut span = command_span(cmd, registered);
+        let expired = format!("expired at {}", format_utc(expire));
+        span.set_tag(match registered {
+            Some(_) => expired,
+            None => format!("{} {expired}", cmd.name),
+        });
         drop(span);
         log::debug!(
             "stardust: command {} `{}` expired at {}; cancelled",
@@ -824,10 +840,14 @@ impl Worker {
             if self.cancel_if_expired(&cmd, clock::unix_ms_now()) {
                 continue;
             }
-            let Some(handler) = self.handlers.get(&cmd.name).cloned() else {
+            let Some((registered, handler)) = self
+                .handlers
+                .find(&cmd.name)
+                .map(|(n, h)| (n.to_owned(), h.clone()))
+            else {
                 // The text .NET answers (its ApiException 404 "service not found").
                 let text = format!("找不到服务[{}]", cmd.name);
-                let mut span = command_span(&cmd);
+                let mut span = command_span(&cmd, None);
                 span.set_error(&text);
                 drop(span);
                 log::debug!("stardust: command {} `{}`: no handler", cmd.id, cmd.name);
@@ -851,7 +871,7 @@ impl Worker {
             let spawned = std::thread::Builder::new()
                 .name("stardust-command".into())
                 .spawn(move || {
-                    let outcome = run_handler(&cmd, &handler, timeout);
+                    let outcome = run_handler(&cmd, &registered, &handler, timeout);
                     let _ = results.send((seq, outcome));
                 });
             match spawned {
@@ -920,25 +940,37 @@ impl Worker {
     }
 }
 
-/// The span `cmd:<name>` of a command, continuing its trace (a W3C traceparent, or a bare
-/// trace id from the WebSocket) when it has one; the argument is its tag when sampled.
-fn command_span(cmd: &Command) -> crate::span::guard::SpanGuard {
+/// The span of a command, continuing its trace (a W3C traceparent, or a bare trace id from the
+/// WebSocket) when it has one. With a handler it is `cmd:<name as registered>` (one operation
+/// per handler, however the server spells the name) and its tag, when sampled, is the
+/// argument; without, it is [`UNKNOWN_COMMAND_OP`] and its tag the name the server sent: names
+/// that come from the server never become operation names.
+fn command_span(cmd: &Command, registered: Option<&str>) -> crate::span::guard::SpanGuard {
     let headers: Vec<(&str, &str)> = cmd
         .trace_id
         .as_deref()
         .map(|t| ("TraceId", t.trim()))
         .into_iter()
         .collect();
-    let mut span = entry_span(format!("cmd:{}", cmd.name), &headers);
-    if let Some(arg) = cmd.argument.as_deref().filter(|a| !a.is_empty()) {
-        span.tag_with(|| arg.to_owned());
+    match registered {
+        Some(name) => {
+            let mut span = entry_span(format!("cmd:{name}"), &headers);
+            if let Some(arg) = cmd.argument.as_deref().filter(|a| !a.is_empty()) {
+                span.tag_with(|| arg.to_owned());
+            }
+            span
+        }
+        None => {
+            let mut span = entry_span(UNKNOWN_COMMAND_OP, &headers);
+            span.tag_with(|| cmd.name.clone());
+            span
+        }
     }
-    span
 }
 
-/// Runs one handler in its span, catching a panic.
-fn run_handler(cmd: &Command, handler: &Handler, timeout: Duration) -> Outcome {
-    let mut span = command_span(cmd);
+/// Runs one handler (registered as `registered`) in its span, catching a panic.
+fn run_handler(cmd: &Command, registered: &str, handler: &Handler, timeout: Duration) -> Outcome {
+    let mut span = command_span(cmd, Some(registered));
     let started = Instant::now();
     let arg = cmd.argument.as_deref().unwrap_or("");
     let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg))) {
