@@ -65,7 +65,7 @@ fn check(fake: &FakeStardust) {
 }
 
 /// A command the server re-sends while its handler runs is run once and answered once, in a
-/// span `cmd:<name>` that continues the command's trace.
+/// span `cmd:<name as registered>` that continues the command's trace.
 #[test]
 fn a_command_is_answered_once_although_the_server_resends_it() {
     let _s = common::serial();
@@ -144,7 +144,8 @@ fn a_command_is_answered_once_although_the_server_resends_it() {
     let span = common::drain(&rx)
         .into_iter()
         .flat_map(|m| m.builders)
-        .find(|b| b.name == "cmd:App/Echo")
+        // Named as registered, not as the server spelled it.
+        .find(|b| b.name == "cmd:app/echo")
         .expect("a cmd: span");
     assert_eq!(span.total, 1);
     let sample = &span.samples.as_ref().expect("sampled (trace flag 01)")[0];

@@ -431,7 +431,9 @@ impl Config {
     /// 500 characters of either).
     ///
     /// Handlers run one at a time on a thread of the runtime's (never on the thread that talks
-    /// to the server), each in a span `cmd:<name>` that continues the command's trace. A
+    /// to the server), each in a span `cmd:<name>` (the name as registered here) that
+    /// continues the command's trace; commands without a handler share the span name
+    /// `cmd:(unknown)`, so names chosen by the server never become operation names. A
     /// handler that panics is answered Error with the panic's text; one that runs longer than
     /// [`command_timeout`](Config::command_timeout) is answered Error `timed out …` and its
     /// late result is ignored (Rust cannot stop it: keep handlers short, or let them hand the

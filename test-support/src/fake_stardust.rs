@@ -146,6 +146,10 @@ pub struct Settings {
     /// stays the logged-in app's. A client must check a code before it reports under it.
     /// Default `None` (the real rules of stardust-runtime/docs/stardust-protocol.md §3.3).
     pub login_code: Option<String>,
+    /// Replies longer than this are recorded ([`RecordedRequest::response`]) with their status
+    /// only: no body, no JSON (not even parsed). Default unlimited; for tests that send replies
+    /// of megabytes and measure the memory of the process.
+    pub max_recorded_response_bytes: usize,
 }
 
 impl Default for Settings {
@@ -164,6 +168,7 @@ impl Default for Settings {
             server_utc_offset_min: 0,
             require_compile: false,
             login_code: None,
+            max_recorded_response_bytes: usize::MAX,
         }
     }
 }
@@ -908,6 +913,11 @@ impl FakeStardustBuilder {
         self.settings.require_compile = on;
         self
     }
+    /// See [`Settings::max_recorded_response_bytes`].
+    pub fn max_recorded_response_bytes(mut self, n: usize) -> Self {
+        self.settings.max_recorded_response_bytes = n;
+        self
+    }
 
     /// See [`Settings::login_code`].
     pub fn login_code(mut self, code: &str) -> Self {
@@ -1050,6 +1060,9 @@ impl FakeStardust {
     pub fn set_require_compile(&self, on: bool) {
         self.update_settings(|s| s.require_compile = on)
     }
+    pub fn set_max_recorded_response_bytes(&self, n: usize) {
+        self.update_settings(|s| s.max_recorded_response_bytes = n)
+    }
 
     /// Server clock: Unix ms now + clock_offset_ms.
     pub fn server_now_ms(&self) -> i64 {
@@ -1166,6 +1179,40 @@ impl FakeStardust {
                 replies: Vec::new(),
             });
             id
+        })
+    }
+    /// Queue one immediate command without argument or expiry per name, all at once (in time
+    /// linear in their number, where [`send_command`](Self::send_command) looks at every
+    /// command queued before); returns their ids, in order. Panics as `send_command_with` does.
+    pub fn send_commands(&self, app: &str, names: &[String]) -> Vec<i64> {
+        for n in names {
+            assert!(
+                !n.is_empty() && model::utf16_len(n) <= 50,
+                "fake stardust: command name must be 1..=50 chars: {n:?}"
+            );
+        }
+        let now = self.server_now_ms();
+        self.shared.with_rec(|r| {
+            let first = r.commands.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+            let ids: Vec<i64> = (first..).take(names.len()).collect();
+            r.commands
+                .extend(ids.iter().zip(names).map(|(&id, name)| CommandRecord {
+                    id,
+                    app: app.into(),
+                    command: name.clone(),
+                    argument: None,
+                    start_time_ms: None,
+                    expire_ms: None,
+                    trace_id: None,
+                    created_ms: now,
+                    status: command_status::READY,
+                    times: 0,
+                    delivered_in: Vec::new(),
+                    result: None,
+                    cancelled_by_server: false,
+                    replies: Vec::new(),
+                }));
+            ids
         })
     }
     /// All commands queued so far, by id.

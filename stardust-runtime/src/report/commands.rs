@@ -4,12 +4,14 @@
 //! time bound, each answered exactly once with a final status.
 //!
 //! The uploader thread owns a [`Dispatcher`]: it parses the `commands` of each ping reply,
-//! drops ids it has seen, and hands the new ones to the command thread (started with the first
-//! command). That thread cancels expired commands, answers a command with a future start time
-//! with "processing" and keeps it until it is due, and runs the others one at a time, each on a
-//! thread of its own in a span `cmd:<name>` that continues the command's trace. A handler that
-//! runs past the time bound is answered "timed out" and left to finish alone (its result is
-//! ignored). Replies go back to the uploader, which posts them (`/App/CommandReply`).
+//! drops ids it has seen ([`SeenIds`]), takes at most [`MAX_NEW_PER_REPLY`] new ones per reply
+//! and hands them to the command thread (started with the first command). That thread cancels
+//! expired commands, answers a command with a future start time with "processing" and keeps it
+//! until it is due, and runs the others one at a time, each on a thread of its own in a span
+//! `cmd:<name>` (the name as registered; [`UNKNOWN_COMMAND_OP`] for every command without a
+//! handler) that continues the command's trace. A handler that runs past the time bound is
+//! answered "timed out" and left to finish alone (its result is ignored). Replies go back to
+//! the uploader, which posts them (`/App/CommandReply`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -32,11 +34,21 @@ pub(crate) type Handler = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sy
 
 /// Default bound of a handler's run time.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Ids remembered at least this long (and at least this long past their start time and
-/// expiry), so the server's re-sends are not run again.
+/// The window of de-duplication: an id is remembered at least this long after the server last
+/// sent it, and at least this long past its start time and its expiry. Within it, however often
+/// the server re-sends a command, it is run and answered once.
 const SEEN_FOR_MS: i64 = 3_600_000;
-/// Most ids remembered; past it the one to be forgotten soonest goes first.
+/// Most ids remembered. An id is never forgotten before its window has passed: while this many
+/// are remembered, new commands are not taken (the server sends them again later).
 const MAX_SEEN: usize = 10_000;
+/// Most new commands taken from one ping reply: the most the server lists in one
+/// (docs/stardust-protocol.md §9.1). Further new ones are left alone — not run, not answered,
+/// not remembered — for a later reply: the server re-sends a command until it has a final
+/// status. Answering them instead would cost a request each and need their ids remembered.
+const MAX_NEW_PER_REPLY: usize = 100;
+/// The operation of every command without a handler (one row, whatever names the server sends:
+/// they never take the application's operation names); the name sent is the span's tag.
+const UNKNOWN_COMMAND_OP: &str = "cmd:(unknown)";
 /// Commands handed to the command thread and not yet taken; past it a command is refused.
 const MAX_INBOX: usize = 256;
 /// Commands waiting for their start time, and commands waiting for their turn.
@@ -118,7 +130,14 @@ impl Handlers {
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Handler> {
-        self.map.get(&Self::key(name)).map(|(_, h)| h)
+        self.find(name).map(|(_, h)| h)
+    }
+
+    /// The handler for `name` with its name as registered.
+    fn find(&self, name: &str) -> Option<(&str, &Handler)> {
+        self.map
+            .get(&Self::key(name))
+            .map(|(registered, h)| (registered.as_str(), h))
     }
 
     /// The names as registered, sorted (for `Config`'s `Debug`).
@@ -320,13 +339,144 @@ fn format_utc(ms: i64) -> String {
 
 // ---- the uploader's side ------------------------------------------------------------------
 
+/// The ids taken, each until it may be forgotten: lookup, insertion and forgetting in constant
+/// time (amortised), memory bounded by [`MAX_SEEN`].
+///
+/// `until` holds each id's time to forget it (server Unix ms); `checks` holds every remembered
+/// id once, in the order it is due to be looked at again, [`SEEN_FOR_MS`] after it was queued.
+/// Queue times only grow, so the front is always the next due: [`SeenIds::forget_due`] pops
+/// from the front, forgets the ids whose time has come and queues the others (sent again
+/// since, or with a later start time or expiry) once more, at most once per window.
+#[derive(Default)]
+struct SeenIds {
+    until: HashMap<i64, i64>,
+    checks: VecDeque<(i64, i64)>,
+    /// The latest `now` seen: queue times never go back when the server's clock does.
+    now: i64,
+}
+
+impl SeenIds {
+    /// Forgets the ids whose window has passed by `now`.
+    fn forget_due(&mut self, now: i64) {
+        self.now = self.now.max(now);
+        while let Some(&(due, id)) = self.checks.front() {
+            if due > self.now {
+                break;
+            }
+            self.checks.pop_front();
+            match self.until.get(&id) {
+                Some(&until) if until > self.now => self
+                    .checks
+                    .push_back((self.now.saturating_add(SEEN_FOR_MS), id)),
+                _ => {
+                    self.until.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Whether `id` was taken before; if so, it is remembered a window from `now` at least.
+    fn seen_again(&mut self, id: i64, now: i64) -> bool {
+        match self.until.get_mut(&id) {
+            Some(until) => {
+                *until = (*until).max(now.saturating_add(SEEN_FOR_MS));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len() >= MAX_SEEN
+    }
+
+    /// Remembers a new id a window past the latest of `now`, its start time and its expiry.
+    fn insert(&mut self, cmd: &Command, now: i64) {
+        let latest = now
+            .max(cmd.start_ms.unwrap_or(0))
+            .max(cmd.expire_ms.unwrap_or(0));
+        if self
+            .until
+            .insert(cmd.id, latest.saturating_add(SEEN_FOR_MS))
+            .is_none()
+        {
+            self.checks
+                .push_back((self.now.max(now).saturating_add(SEEN_FOR_MS), cmd.id));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
+/// What became of the commands of one ping reply, for its one log line.
+#[derive(Default)]
+struct ReplyTally {
+    taken: usize,
+    /// New, past [`MAX_NEW_PER_REPLY`].
+    over_bound: usize,
+    /// New, while [`MAX_SEEN`] ids are remembered.
+    memory_full: usize,
+    /// Not a command, or no id or no name.
+    unusable: usize,
+    /// Taken, and answered with an error at once (the command thread is busy or gone).
+    refused: usize,
+    refused_why: String,
+}
+
+impl ReplyTally {
+    /// One line for the whole reply (counts only, never a command's name or argument), none
+    /// when every listed command was taken or was a repeat.
+    fn log(&self, listed: usize) {
+        let left = self.over_bound + self.memory_full;
+        if left + self.unusable + self.refused == 0 {
+            return;
+        }
+        let level = if left + self.refused > 0 {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        let mut parts = vec![format!("{} new ones taken", self.taken)];
+        if self.over_bound > 0 {
+            parts.push(format!(
+                "{} left for a later reply (at most {MAX_NEW_PER_REPLY} new ones are taken per reply)",
+                self.over_bound
+            ));
+        }
+        if self.memory_full > 0 {
+            parts.push(format!(
+                "{} left for a later reply ({MAX_SEEN} ids taken within the last hour are remembered)",
+                self.memory_full
+            ));
+        }
+        if self.unusable > 0 {
+            parts.push(format!(
+                "{} ignored (not a command, or no id or no name)",
+                self.unusable
+            ));
+        }
+        if self.refused > 0 {
+            parts.push(format!(
+                "{} answered with an error ({})",
+                self.refused, self.refused_why
+            ));
+        }
+        log::log!(
+            level,
+            "stardust: a ping reply listed {listed} commands: {}",
+            parts.join(", ")
+        );
+    }
+}
+
 /// What the uploader thread keeps: seen ids, the way to the command thread, the replies.
 pub(crate) struct Dispatcher {
     handlers: Arc<Handlers>,
     timeout: Duration,
     waker: Waker,
-    /// Id → when it may be forgotten (server Unix ms).
-    seen: HashMap<i64, i64>,
+    seen: SeenIds,
     inbox: Option<Sender<Command>>,
     replies_tx: Sender<Reply>,
     replies_rx: Receiver<Reply>,
@@ -340,7 +490,7 @@ impl Dispatcher {
             handlers: Arc::new(handlers.with_builtins()),
             timeout,
             waker,
-            seen: HashMap::new(),
+            seen: SeenIds::default(),
             inbox: None,
             replies_tx,
             replies_rx,
@@ -353,87 +503,92 @@ impl Dispatcher {
         &self.replies_rx
     }
 
-    /// The `commands` member of a ping reply: new commands go to the command thread; ids
-    /// seen before are dropped without a reply (the server re-sends until it has a final one).
+    /// The `commands` member of a ping reply (see [`Dispatcher::receive_each`]).
     pub(crate) fn receive(&mut self, commands: &Value) {
-        let Value::Array(list) = commands else {
+        if let Value::Array(list) = commands {
+            self.receive_each(list.len(), |take| list.iter().for_each(take));
+        }
+    }
+
+    /// The `listed` commands of a ping reply, which `each` hands over one at a time: ids seen
+    /// before are dropped without a reply (the server re-sends until it has a final one); of
+    /// the new ones the first [`MAX_NEW_PER_REPLY`] go to the command thread (while fewer than
+    /// [`MAX_SEEN`] ids are remembered), the others are left for a later reply. One log line
+    /// tells what was left, ignored or refused, however long the list.
+    pub(crate) fn receive_each(
+        &mut self,
+        listed: usize,
+        each: impl FnOnce(&mut dyn FnMut(&Value)),
+    ) {
+        let now = clock::unix_ms_now();
+        self.seen.forget_due(now);
+        let mut tally = ReplyTally::default();
+        each(&mut |v| self.take(v, now, &mut tally));
+        tally.log(listed);
+    }
+
+    /// One listed command (see [`Dispatcher::receive_each`]).
+    fn take(&mut self, v: &Value, now: i64, tally: &mut ReplyTally) {
+        // The id alone first: a repeat costs a lookup, whatever else it carries.
+        let id = v.as_object().and_then(|o| get_i64(o, "id"));
+        if id.is_some_and(|id| self.seen.seen_again(id, now)) {
+            return;
+        }
+        if tally.taken >= MAX_NEW_PER_REPLY {
+            tally.over_bound += 1;
+            return;
+        }
+        if self.seen.is_full() {
+            tally.memory_full += 1;
+            return;
+        }
+        let Some(cmd) = parse_command(v) else {
+            tally.unusable += 1;
             return;
         };
-        let now = clock::unix_ms_now();
-        self.seen.retain(|_, until| *until > now);
-        for v in list {
-            let Some(cmd) = parse_command(v) else {
-                // Not the command itself: its argument may carry a secret.
-                log::debug!(
-                    "stardust: ignoring a command that does not read ({} bytes of JSON)",
-                    v.to_string().len()
-                );
-                continue;
-            };
-            if cmd.id <= 0 || cmd.name.trim().is_empty() {
-                // As .NET: no name, nothing to run; id 0 cannot be answered.
-                log::debug!(
-                    "stardust: ignoring command {} `{}` (no id or no name)",
-                    cmd.id,
-                    escaped(&cmd.name)
-                );
-                continue;
-            }
-            if self.seen.contains_key(&cmd.id) {
-                continue;
-            }
-            self.remember(&cmd, now);
-            log::debug!(
-                "stardust: command {} `{}` received",
-                cmd.id,
-                escaped(&cmd.name)
-            );
-            self.dispatch(cmd);
+        if cmd.id <= 0 || cmd.name.trim().is_empty() {
+            // As .NET: no name, nothing to run; id 0 cannot be answered.
+            tally.unusable += 1;
+            return;
+        }
+        self.seen.insert(&cmd, now);
+        tally.taken += 1;
+        log::debug!(
+            "stardust: command {} `{}` received",
+            cmd.id,
+            escaped(&cmd.name)
+        );
+        if let Some(why) = self.dispatch(cmd) {
+            tally.refused += 1;
+            tally.refused_why = why;
         }
     }
 
-    /// Remembers the id for an hour, and an hour past its start time and expiry.
-    fn remember(&mut self, cmd: &Command, now: i64) {
-        if self.seen.len() >= MAX_SEEN {
-            if let Some(id) = self.seen.iter().min_by_key(|(_, t)| **t).map(|(id, _)| *id) {
-                self.seen.remove(&id);
-            }
-        }
-        let latest = now
-            .max(cmd.start_ms.unwrap_or(0))
-            .max(cmd.expire_ms.unwrap_or(0));
-        self.seen.insert(cmd.id, latest.saturating_add(SEEN_FOR_MS));
-    }
-
-    fn dispatch(&mut self, cmd: Command) {
+    /// Hands `cmd` to the command thread; when it cannot take it, answers it with an error and
+    /// returns why.
+    fn dispatch(&mut self, cmd: Command) -> Option<String> {
         if self.inbox.is_none() && !self.thread_failed {
             self.inbox = self.spawn();
             self.thread_failed = self.inbox.is_none();
         }
-        let refused = match &self.inbox {
-            None => Some((cmd, "the command thread could not be started".to_owned())),
+        let (cmd, why) = match &self.inbox {
+            None => (cmd, "the command thread could not be started".to_owned()),
             Some(tx) => match tx.try_send(cmd) {
-                Ok(()) => None,
-                Err(TrySendError::Full(cmd)) => Some((
+                Ok(()) => return None,
+                Err(TrySendError::Full(cmd)) => (
                     cmd,
                     format!("busy: {MAX_INBOX} commands are waiting to run"),
-                )),
+                ),
                 Err(TrySendError::Disconnected(cmd)) => {
-                    Some((cmd, "the command thread has stopped".to_owned()))
+                    (cmd, "the command thread has stopped".to_owned())
                 }
             },
         };
-        if let Some((cmd, why)) = refused {
-            log::warn!(
-                "stardust: command {} `{}` refused: {why}",
-                cmd.id,
-                escaped(&cmd.name)
-            );
-            let _ = self
-                .replies_tx
-                .send(Reply::new(cmd.id, Status::Error, Some(why)));
-            self.waker.wake();
-        }
+        let _ = self
+            .replies_tx
+            .send(Reply::new(cmd.id, Status::Error, Some(why.clone())));
+        self.waker.wake();
+        Some(why)
     }
 
     fn spawn(&self) -> Option<Sender<Command>> {
@@ -452,6 +607,8 @@ impl Dispatcher {
             running: None,
             late: HashSet::new(),
             next_seq: 0,
+            refused: 0,
+            refused_why: String::new(),
         };
         match std::thread::Builder::new()
             .name("stardust-commands".into())
@@ -504,6 +661,9 @@ struct Worker {
     /// Runs that timed out and have not returned yet.
     late: HashSet<u64>,
     next_seq: u64,
+    /// Commands refused since the last log line about it, and the last reason.
+    refused: usize,
+    refused_why: String,
 }
 
 /// A command in the schedule heap, ordered only by the heap's other keys.
@@ -534,6 +694,9 @@ impl Worker {
     fn run(mut self) {
         loop {
             self.start_next();
+            if self.inbox.is_empty() {
+                self.log_refused();
+            }
             let now_ms = clock::unix_ms_now();
             let mut wait = MAX_SLEEP;
             if let Some(Reverse((start, _, _))) = self.scheduled.peek() {
@@ -614,13 +777,30 @@ impl Worker {
         }
     }
 
-    fn refuse(&self, cmd: &Command, why: String) {
-        log::warn!(
-            "stardust: command {} `{}` refused: {why}",
+    /// Answers `cmd` with an error; the refusals of a batch are logged together once the
+    /// inbox is empty ([`Worker::log_refused`]).
+    fn refuse(&mut self, cmd: &Command, why: String) {
+        log::debug!(
+            "stardust: command {} `{}` refused: {}",
             cmd.id,
-            escaped(&cmd.name)
+            escaped(&cmd.name),
+            escaped(&why)
         );
-        self.reply(cmd.id, Status::Error, Some(why));
+        self.refused += 1;
+        self.reply(cmd.id, Status::Error, Some(why.clone()));
+        self.refused_why = why;
+    }
+
+    /// One line for the commands refused since the last one.
+    fn log_refused(&mut self) {
+        if self.refused > 0 {
+            log::warn!(
+                "stardust: {} commands refused, answered with an error ({})",
+                self.refused,
+                escaped(&self.refused_why)
+            );
+            self.refused = 0;
+        }
     }
 
     /// Answers Cancelled when the command's expiry has passed (server time).
@@ -628,8 +808,13 @@ impl Worker {
         let Some(expire) = cmd.expire_ms.filter(|e| *e <= now) else {
             return false;
         };
-        let mut span = command_span(cmd);
-        span.set_tag(format!("expired at {}", format_utc(expire)));
+        let registered = self.handlers.find(&cmd.name).map(|(n, _)| n);
+        let mut span = command_span(cmd, registered);
+        let expired = format!("expired at {}", format_utc(expire));
+        span.set_tag(match registered {
+            Some(_) => expired,
+            None => format!("{} {expired}", cmd.name),
+        });
         drop(span);
         log::debug!(
             "stardust: command {} `{}` expired at {}; cancelled",
@@ -665,10 +850,14 @@ impl Worker {
             if self.cancel_if_expired(&cmd, clock::unix_ms_now()) {
                 continue;
             }
-            let Some(handler) = self.handlers.get(&cmd.name).cloned() else {
+            let Some((registered, handler)) = self
+                .handlers
+                .find(&cmd.name)
+                .map(|(n, h)| (n.to_owned(), h.clone()))
+            else {
                 // The text .NET answers (its ApiException 404 "service not found").
                 let text = format!("找不到服务[{}]", cmd.name);
-                let mut span = command_span(&cmd);
+                let mut span = command_span(&cmd, None);
                 span.set_error(&text);
                 drop(span);
                 log::debug!(
@@ -696,7 +885,7 @@ impl Worker {
             let spawned = std::thread::Builder::new()
                 .name("stardust-command".into())
                 .spawn(move || {
-                    let outcome = run_handler(&cmd, &handler, timeout);
+                    let outcome = run_handler(&cmd, &registered, &handler, timeout);
                     let _ = results.send((seq, outcome));
                 });
             match spawned {
@@ -770,25 +959,37 @@ impl Worker {
     }
 }
 
-/// The span `cmd:<name>` of a command, continuing its trace (a W3C traceparent, or a bare
-/// trace id from the WebSocket) when it has one; the argument is its tag when sampled.
-fn command_span(cmd: &Command) -> crate::span::guard::SpanGuard {
+/// The span of a command, continuing its trace (a W3C traceparent, or a bare trace id from the
+/// WebSocket) when it has one. With a handler it is `cmd:<name as registered>` (one operation
+/// per handler, however the server spells the name) and its tag, when sampled, is the
+/// argument; without, it is [`UNKNOWN_COMMAND_OP`] and its tag the name the server sent: names
+/// that come from the server never become operation names.
+fn command_span(cmd: &Command, registered: Option<&str>) -> crate::span::guard::SpanGuard {
     let headers: Vec<(&str, &str)> = cmd
         .trace_id
         .as_deref()
         .map(|t| ("TraceId", t.trim()))
         .into_iter()
         .collect();
-    let mut span = entry_span(format!("cmd:{}", cmd.name), &headers);
-    if let Some(arg) = cmd.argument.as_deref().filter(|a| !a.is_empty()) {
-        span.tag_with(|| arg.to_owned());
+    match registered {
+        Some(name) => {
+            let mut span = entry_span(format!("cmd:{name}"), &headers);
+            if let Some(arg) = cmd.argument.as_deref().filter(|a| !a.is_empty()) {
+                span.tag_with(|| arg.to_owned());
+            }
+            span
+        }
+        None => {
+            let mut span = entry_span(UNKNOWN_COMMAND_OP, &headers);
+            span.tag_with(|| cmd.name.clone());
+            span
+        }
     }
-    span
 }
 
-/// Runs one handler in its span, catching a panic.
-fn run_handler(cmd: &Command, handler: &Handler, timeout: Duration) -> Outcome {
-    let mut span = command_span(cmd);
+/// Runs one handler (registered as `registered`) in its span, catching a panic.
+fn run_handler(cmd: &Command, registered: &str, handler: &Handler, timeout: Duration) -> Outcome {
+    let mut span = command_span(cmd, Some(registered));
     let started = Instant::now();
     let arg = cmd.argument.as_deref().unwrap_or("");
     let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(arg))) {
@@ -908,30 +1109,89 @@ mod tests {
         assert!(out.starts_with("OK"), "{out}");
     }
 
-    #[test]
-    fn ids_are_remembered_past_start_and_expiry_and_bounded() {
-        let (waker, _rx) = crate::report::sink::waker();
-        let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
-        let now = clock::unix_ms_now();
-        let cmd = |id, start| Command {
+    fn cmd(id: i64, start: Option<i64>) -> Command {
+        Command {
             id,
             name: "x".into(),
             argument: None,
             start_ms: start,
             expire_ms: None,
             trace_id: None,
-        };
-        d.remember(&cmd(1, None), now);
-        d.remember(&cmd(2, Some(now + 10 * SEEN_FOR_MS)), now);
-        assert_eq!(d.seen[&1], now + SEEN_FOR_MS);
-        assert_eq!(d.seen[&2], now + 11 * SEEN_FOR_MS);
-        for id in 3..(MAX_SEEN as i64 + 10) {
-            d.remember(&cmd(id, None), now);
+        }
+    }
+
+    #[test]
+    fn ids_are_remembered_a_window_past_start_expiry_and_the_last_send() {
+        let mut seen = SeenIds::default();
+        let now = T;
+        seen.insert(&cmd(1, None), now);
+        seen.insert(&cmd(2, Some(now + 10 * SEEN_FOR_MS)), now);
+        seen.insert(&cmd(3, None), now);
+        assert_eq!(seen.until[&1], now + SEEN_FOR_MS);
+        assert_eq!(seen.until[&2], now + 11 * SEEN_FOR_MS);
+        // Sent again half a window later: remembered a window from then.
+        let later = now + SEEN_FOR_MS / 2;
+        seen.forget_due(later);
+        assert!(seen.seen_again(3, later));
+        assert!(!seen.seen_again(4, later));
+        // A window on, only the one not sent again is forgotten.
+        seen.forget_due(now + SEEN_FOR_MS);
+        assert!(!seen.until.contains_key(&1));
+        assert!(seen.until.contains_key(&2) && seen.until.contains_key(&3));
+        seen.forget_due(now + 2 * SEEN_FOR_MS);
+        assert!(
+            !seen.until.contains_key(&3),
+            "forgotten a window after its last send"
+        );
+        assert!(seen.until.contains_key(&2), "kept a window past its start");
+        seen.forget_due(now + 12 * SEEN_FOR_MS);
+        assert_eq!((seen.len(), seen.checks.len()), (0, 0));
+    }
+
+    #[test]
+    fn each_id_is_queued_once_and_a_clock_going_back_keeps_the_queue_in_order() {
+        let mut seen = SeenIds::default();
+        seen.insert(&cmd(1, None), T);
+        seen.insert(&cmd(1, None), T);
+        assert_eq!(seen.checks.len(), 1);
+        // The server's clock went back an hour: ids taken now are not due before the others.
+        seen.forget_due(T);
+        seen.insert(&cmd(2, None), T - SEEN_FOR_MS);
+        assert!(
+            seen.checks
+                .iter()
+                .zip(seen.checks.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0)
+        );
+    }
+
+    /// A reply of 20,000 new commands: 100 are taken; re-sent, the next 100; never more than
+    /// [`MAX_SEEN`] remembered, and none forgotten early (new ones wait instead).
+    #[test]
+    fn a_reply_gives_at_most_100_new_commands_and_memory_stays_bounded() {
+        let (waker, _rx) = crate::report::sink::waker();
+        let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
+        // No command thread: every command taken is answered at once, through the replies.
+        d.thread_failed = true;
+        let list = Value::Array(
+            (1..=20_000)
+                .map(|id| json!({"id": id, "command": "x"}))
+                .collect(),
+        );
+        d.receive(&list);
+        assert_eq!(d.seen.len(), MAX_NEW_PER_REPLY);
+        d.receive(&list);
+        let answered: Vec<i64> = d.replies().try_iter().map(|r| r.id).collect();
+        assert_eq!(answered, (1..=200).collect::<Vec<i64>>());
+        for _ in 0..100 {
+            d.receive(&list);
         }
         assert_eq!(d.seen.len(), MAX_SEEN);
-        assert!(
-            d.seen.contains_key(&2),
-            "the far-future one is kept longest"
-        );
+        let answered = d.replies().try_iter().count();
+        assert_eq!(answered, MAX_SEEN - 200, "each id answered once");
+        // Full: nothing new is taken, and what was taken is still remembered.
+        d.receive(&list);
+        assert_eq!(d.replies().try_iter().count(), 0);
+        assert!(d.seen.seen_again(1, clock::unix_ms_now()));
     }
 }

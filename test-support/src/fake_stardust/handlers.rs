@@ -277,11 +277,18 @@ pub(crate) fn serve(sh: &Arc<Shared>, mut rq: tiny_http::Request) {
         },
         _ => route(sh, &inc),
     };
-    let json = serde_json::from_slice(&reply.body).ok();
-    let rec_resp = RecordedResponse {
-        status: reply.status,
-        body: reply.body.clone(),
-        json,
+    let rec_resp = if reply.body.len() <= lock(&sh.cfg).settings.max_recorded_response_bytes {
+        RecordedResponse {
+            status: reply.status,
+            body: reply.body.clone(),
+            json: serde_json::from_slice(&reply.body).ok(),
+        }
+    } else {
+        RecordedResponse {
+            status: reply.status,
+            body: Vec::new(),
+            json: None,
+        }
     };
     sh.with_rec(|r| {
         if let Some(q) = r.requests.iter_mut().rev().find(|q| q.seq == seq) {

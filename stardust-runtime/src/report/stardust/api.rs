@@ -4,7 +4,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 use crate::report::failover::{FailoverClient, HttpError, Request};
 use crate::util::json::get_ci;
@@ -101,7 +102,8 @@ impl Api {
     }
 
     /// One call: tries the current server, then the others on network errors (not on HTTP or
-    /// business errors), within `timeout` per attempt and `deadline` overall.
+    /// business errors), within `timeout` per attempt and `deadline` overall; the reply is read
+    /// with [`parse_envelope`].
     pub(crate) fn call(
         &mut self,
         path: &str,
@@ -109,6 +111,18 @@ impl Api {
         timeout: Duration,
         deadline: Option<Instant>,
     ) -> Result<Value, CallError> {
+        self.call_with(path, body, timeout, deadline, |b| parse_envelope(&b))
+    }
+
+    /// [`call`](Api::call) with the reply's body read by `parse`.
+    pub(crate) fn call_with<T>(
+        &mut self,
+        path: &str,
+        body: Body<'_>,
+        timeout: Duration,
+        deadline: Option<Instant>,
+        parse: impl FnOnce(Vec<u8>) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let body = match body {
             Body::Gzip(bytes) => Some((bytes, "application/x-gzip")),
@@ -130,7 +144,7 @@ impl Api {
                 reply.status,
             ))));
         }
-        parse_envelope(&reply.body)
+        parse(reply.body)
     }
 }
 
@@ -171,23 +185,205 @@ pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// Reads `{code, data, message}`: success is code 0 or 200 (or `true`, or no code at all);
 /// the data is `data`, or the whole object when there is no `data` key.
 pub(crate) fn parse_envelope(bytes: &[u8]) -> Result<Value, CallError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|_| {
-        CallError::not_envelope(format!(
-            "reply is not JSON ({} bytes{})",
-            bytes.len(),
-            if bytes.starts_with(b"<") {
-                ", looks like HTML"
+    let value: Value = serde_json::from_slice(bytes).map_err(|_| not_json(bytes))?;
+    envelope_data(value)
+}
+
+fn not_json(bytes: &[u8]) -> CallError {
+    CallError::not_envelope(format!(
+        "reply is not JSON ({} bytes{})",
+        bytes.len(),
+        if bytes.starts_with(b"<") {
+            ", looks like HTML"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// A ping reply (docs/stardust-protocol.md §4.2) read as [`parse_envelope`] reads it, except
+/// that the `commands` list of its `data` never exists as one `Value`: 100,000 small commands
+/// fit in the 4 MiB a reply may have and would take some 80 MB as values. The first pass
+/// leaves the list out of [`data`](PingReply::data) (its elements are read, not kept);
+/// [`for_each_command`](PingReply::for_each_command) reads it again, one element at a time.
+pub(crate) struct PingReply {
+    /// `data` without its `commands` member (any case).
+    pub data: Value,
+    /// Elements of the `commands` list(s) left out (0: none, or not a list).
+    pub commands: usize,
+    body: Vec<u8>,
+}
+
+pub(crate) fn parse_ping_reply(body: Vec<u8>) -> Result<PingReply, CallError> {
+    let mut out = Lean {
+        sink: None::<fn(&Value)>,
+        count: 0,
+    };
+    let value = read_lean(&body, &mut out).map_err(|_| not_json(&body))?;
+    let commands = out.count;
+    Ok(PingReply {
+        data: envelope_data(value)?,
+        commands,
+        body,
+    })
+}
+
+impl PingReply {
+    /// Calls `f` with each element of the `commands` list(s) left out of `data`, in order.
+    pub(crate) fn for_each_command(&self, f: impl FnMut(&Value)) {
+        let mut out = Lean {
+            sink: Some(f),
+            count: 0,
+        };
+        // The body read without error the first time.
+        let _ = read_lean(&self.body, &mut out);
+    }
+}
+
+/// Where the elements of a `data.commands` list go, and how many there were.
+struct Lean<F> {
+    sink: Option<F>,
+    count: usize,
+}
+
+fn read_lean<F: FnMut(&Value)>(body: &[u8], out: &mut Lean<F>) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = LeanValue { depth: 0, out }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A JSON value read as `Value`, except that in the top-level object's `data` object
+/// (`depth` 0 and 1; keys ignoring case) the `commands` member is left out, and the elements
+/// of its list go to [`Lean::sink`]. Every other member and element is read by `Value`'s own
+/// `Deserialize`; only the top level and `data` are built here.
+struct LeanValue<'a, F> {
+    depth: u8,
+    out: &'a mut Lean<F>,
+}
+
+impl<'de, F: FnMut(&Value)> DeserializeSeed<'de> for LeanValue<'_, F> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: FnMut(&Value)> Visitor<'de> for LeanValue<'_, F> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(e) = seq.next_element()? {
+            v.push(e);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if self.depth == 0 && key.eq_ignore_ascii_case("data") {
+                let v = map.next_value_seed(LeanValue {
+                    depth: 1,
+                    out: &mut *self.out,
+                })?;
+                obj.insert(key, v);
+            } else if self.depth == 1 && key.eq_ignore_ascii_case("commands") {
+                map.next_value_seed(Commands(&mut *self.out))?;
             } else {
-                ""
+                obj.insert(key, map.next_value()?);
             }
-        ))
-    })?;
-    let Value::Object(obj) = &value else {
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+/// The `commands` member: a list's elements, one at a time, to the sink; anything else skipped.
+struct Commands<'a, F>(&'a mut Lean<F>);
+
+impl<'de, F: FnMut(&Value)> DeserializeSeed<'de> for Commands<'_, F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, F: FnMut(&Value)> Visitor<'de> for Commands<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        match &mut self.0.sink {
+            Some(sink) => {
+                while let Some(e) = seq.next_element::<Value>()? {
+                    self.0.count += 1;
+                    sink(&e);
+                }
+            }
+            None => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    self.0.count += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// The data of an envelope (see [`parse_envelope`]).
+fn envelope_data(value: Value) -> Result<Value, CallError> {
+    let Value::Object(mut obj) = value else {
         return Err(CallError::not_envelope("reply is not a JSON object"));
     };
     let code = ["code", "errcode", "status"]
         .iter()
-        .find_map(|k| get_ci(obj, k))
+        .find_map(|k| get_ci(&obj, k))
         .map(|c| match c {
             Value::Number(n) => n.as_i64().unwrap_or(-1),
             Value::Bool(true) => 0,
@@ -197,16 +393,22 @@ pub(crate) fn parse_envelope(bytes: &[u8]) -> Result<Value, CallError> {
             _ => -1,
         })
         .unwrap_or(0);
-    let data = get_ci(obj, "data");
     if code == 0 || code == 200 {
-        return Ok(match data {
-            Some(d) => d.clone(),
-            None => value.clone(),
+        // Taken out, not copied: a reply may be megabytes of values (a ping's commands).
+        let key = if obj.contains_key("data") {
+            Some("data".to_owned())
+        } else {
+            obj.keys().find(|k| k.eq_ignore_ascii_case("data")).cloned()
+        };
+        return Ok(match key.and_then(|k| obj.remove(&k)) {
+            Some(d) => d,
+            None => Value::Object(obj),
         });
     }
+    let data = get_ci(&obj, "data");
     let message = ["message", "msg", "errmsg", "error"]
         .iter()
-        .find_map(|k| match get_ci(obj, k) {
+        .find_map(|k| match get_ci(&obj, k) {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         })
@@ -290,5 +492,46 @@ mod tests {
         assert_eq!(get_i64(o, "serverTime"), Some(123));
         assert_eq!(get_i64(o, "period"), Some(5));
         assert_eq!(get_str(o, "token"), None);
+    }
+
+    #[test]
+    fn a_ping_reply_is_read_with_its_commands_one_at_a_time() {
+        let body = br#"{"code":0,"Data":{"period":5,"Commands":[{"id":1},{"id":2,"x":[1,{"y":null}]}],"token":"t"}}"#;
+        let reply = parse_ping_reply(body.to_vec()).unwrap();
+        assert_eq!(reply.data, serde_json::json!({"period": 5, "token": "t"}));
+        assert_eq!(reply.commands, 2);
+        let mut seen = Vec::new();
+        reply.for_each_command(|c| seen.push(c.clone()));
+        assert_eq!(
+            seen,
+            [
+                serde_json::json!({"id": 1}),
+                serde_json::json!({"id": 2, "x": [1, {"y": null}]})
+            ]
+        );
+        // Read as the envelope is read: errors, no data member, a list that is not one.
+        let err = |b: &str| {
+            parse_ping_reply(b.as_bytes().to_vec())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            err(r#"{"code":401,"data":{"commands":[{"id":1}]},"message":"m"}"#).as_deref(),
+            Some("server error 401: m")
+        );
+        assert!(err("<html>").unwrap().contains("looks like HTML"));
+        assert!(err(r#"{"code":0,"data":{"commands":[1,]}}"#).is_some());
+        let whole = parse_ping_reply(br#"{"code":0,"commands":[{"id":3}]}"#.to_vec()).unwrap();
+        assert_eq!(
+            whole.data["commands"][0]["id"], 3,
+            "no data: the whole object"
+        );
+        assert_eq!(whole.commands, 0);
+        let odd = parse_ping_reply(br#"{"code":0,"data":{"commands":{"id":3},"n":1.5}}"#.to_vec());
+        let odd = odd.unwrap();
+        assert_eq!(
+            (odd.commands, &odd.data),
+            (0, &serde_json::json!({"n": 1.5}))
+        );
     }
 }

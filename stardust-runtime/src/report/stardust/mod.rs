@@ -363,7 +363,21 @@ impl StardustSink {
         body: Body<'_>,
         deadline: Option<Instant>,
     ) -> Result<Value, CallError> {
-        match self.api.call(path, body, self.request_timeout, deadline) {
+        self.authed_with(path, body, deadline, |b| api::parse_envelope(&b))
+    }
+
+    /// [`authed`](Self::authed) with the reply's body read by `parse`.
+    fn authed_with<T>(
+        &mut self,
+        path: &str,
+        body: Body<'_>,
+        deadline: Option<Instant>,
+        parse: fn(Vec<u8>) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        match self
+            .api
+            .call_with(path, body, self.request_timeout, deadline, parse)
+        {
             Err(CallError::Business { code: 401, message }) => {
                 log::info!(
                     "stardust: {path} answered 401 ({}); logging in again",
@@ -375,7 +389,8 @@ impl StardustSink {
                     self.login_failed();
                     return Err(CallError::Transport(Transport::LoginFailed(Box::new(e))));
                 }
-                self.api.call(path, body, self.request_timeout, deadline)
+                self.api
+                    .call_with(path, body, self.request_timeout, deadline, parse)
             }
             other => other,
         }
@@ -387,10 +402,10 @@ impl StardustSink {
             .proc
             .sample(self.version.as_deref(), &self.ips, clock::unix_ms_now());
         let body = serde_json::to_vec(&info).expect("JSON of plain values");
-        match self.authed("/App/Ping", Body::Json(&body), None) {
-            Ok(data) => {
+        match self.authed_with("/App/Ping", Body::Json(&body), None, api::parse_ping_reply) {
+            Ok(reply) => {
                 let empty = Map::new();
-                let data = data.as_object().unwrap_or(&empty);
+                let data = reply.data.as_object().unwrap_or(&empty);
                 self.learn_clock(data, sent);
                 // Takes effect at once: the caller arms the next ping with it.
                 if let Some(p) = get_i64(data, "period").filter(|p| *p > 0) {
@@ -414,7 +429,11 @@ impl StardustSink {
                     }
                 }
                 if let Some(commands) = get_ci(data, "commands") {
+                    // An envelope without `data`: the whole object is the data.
                     self.commands.receive(commands);
+                } else if reply.commands > 0 {
+                    self.commands
+                        .receive_each(reply.commands, |take| reply.for_each_command(take));
                 }
             }
             Err(CallError::Business {
@@ -892,8 +911,10 @@ pub(crate) fn apply_trace_response(reply: &Value) -> Vec<String> {
 #[cfg(any(fuzzing, test))]
 pub(crate) fn fuzz_reply(data: &[u8]) {
     let Ok(value) = api::parse_envelope(data) else {
+        assert!(api::parse_ping_reply(data.to_vec()).is_err());
         return;
     };
+    check_ping_reply(data, &value);
     let saved = SETTINGS.snapshot();
     let saved_period = SETTINGS.period_secs();
     let saved_excludes = SETTINGS.excludes();
@@ -924,6 +945,41 @@ pub(crate) fn fuzz_reply(data: &[u8]) {
     SETTINGS.restore(saved);
     SETTINGS.set_period_secs(saved_period);
     SETTINGS.set_excludes(saved_excludes);
+}
+
+/// A ping reply read lean ([`api::parse_ping_reply`]) reads as `value`, the envelope's data,
+/// except that the `commands` of a `data` member come one at a time instead of in the data.
+#[cfg(any(fuzzing, test))]
+fn check_ping_reply(body: &[u8], value: &Value) {
+    let lean = api::parse_ping_reply(body.to_vec()).expect("read wherever the envelope reads");
+    let mut streamed = Vec::new();
+    lean.for_each_command(|c| streamed.push(c.clone()));
+    assert_eq!(streamed.len(), lean.commands);
+    let envelope: Value = serde_json::from_slice(body).expect("read before");
+    let has_data =
+        matches!(&envelope, Value::Object(o) if o.keys().any(|k| k.eq_ignore_ascii_case("data")));
+    let is_commands = |k: &String| k.eq_ignore_ascii_case("commands");
+    match value {
+        Value::Object(o) if has_data => {
+            let without: Map<String, Value> = o
+                .iter()
+                .filter(|(k, _)| !is_commands(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(lean.data, Value::Object(without));
+            // The list the data would hold comes whole among those streamed (with repeated
+            // keys, every `data` and `commands` member is streamed; the data keeps one).
+            if let [(_, Value::Array(list))] =
+                o.iter().filter(|(k, _)| is_commands(k)).collect::<Vec<_>>()[..]
+            {
+                assert!(list.is_empty() || streamed.windows(list.len()).any(|w| w == list));
+            }
+        }
+        _ => {
+            assert_eq!(&lean.data, value);
+            assert!(streamed.is_empty() || has_data);
+        }
+    }
 }
 
 /// The certificates of a PEM (other items ignored); an error when there is none or the PEM
