@@ -254,6 +254,28 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// A command queued now, immediate, without argument, expiry or trace id, never sent.
+    fn ready(id: i64, app: &str, command: &str, now: i64) -> CommandRecord {
+        CommandRecord {
+            id,
+            app: app.into(),
+            command: command.into(),
+            argument: None,
+            start_time_ms: None,
+            expire_ms: None,
+            trace_id: None,
+            created_ms: now,
+            status: command_status::READY,
+            times: 0,
+            delivered_in: Vec::new(),
+            result: None,
+            cancelled_by_server: false,
+            replies: Vec::new(),
+        }
+    }
+}
+
+impl CommandRecord {
     /// Status 0 or 1: the server keeps sending it.
     pub fn is_pending(&self) -> bool {
         matches!(
@@ -1163,20 +1185,11 @@ impl FakeStardust {
         self.shared.with_rec(|r| {
             let id = r.commands.iter().map(|c| c.id).max().unwrap_or(0) + 1;
             r.commands.push(CommandRecord {
-                id,
-                app: app.into(),
-                command: command.into(),
                 argument: argument.map(Into::into),
                 start_time_ms: opts.start_time_ms.filter(|t| *t > 0),
                 expire_ms: opts.expire_ms.filter(|t| *t > 0),
                 trace_id,
-                created_ms: now,
-                status: command_status::READY,
-                times: 0,
-                delivered_in: Vec::new(),
-                result: None,
-                cancelled_by_server: false,
-                replies: Vec::new(),
+                ..CommandRecord::ready(id, app, command, now)
             });
             id
         })
@@ -1195,23 +1208,11 @@ impl FakeStardust {
         self.shared.with_rec(|r| {
             let first = r.commands.iter().map(|c| c.id).max().unwrap_or(0) + 1;
             let ids: Vec<i64> = (first..).take(names.len()).collect();
-            r.commands
-                .extend(ids.iter().zip(names).map(|(&id, name)| CommandRecord {
-                    id,
-                    app: app.into(),
-                    command: name.clone(),
-                    argument: None,
-                    start_time_ms: None,
-                    expire_ms: None,
-                    trace_id: None,
-                    created_ms: now,
-                    status: command_status::READY,
-                    times: 0,
-                    delivered_in: Vec::new(),
-                    result: None,
-                    cancelled_by_server: false,
-                    replies: Vec::new(),
-                }));
+            r.commands.extend(
+                ids.iter()
+                    .zip(names)
+                    .map(|(&id, name)| CommandRecord::ready(id, app, name, now)),
+            );
             ids
         })
     }
