@@ -341,7 +341,7 @@ fn reports_after_login_code(code: &str) -> Vec<String> {
 fn a_login_code_that_fails_the_app_id_checks_is_not_adopted() {
     let _s = common::serial();
     capture_logs();
-    for code in ["C".repeat(60), format!("Renamed{FORGED}")] {
+    for code in ["C".repeat(60), format!("Renamed{FORGED}"), "   ".to_owned()] {
         clear_log_lines();
         let app_ids = reports_after_login_code(&code);
         assert!(

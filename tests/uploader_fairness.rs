@@ -79,6 +79,21 @@ fn totals(pairs: &[(&str, u64)]) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
+/// No command reply was sent twice: a request under way is not given up and sent again (the
+/// ids of every `/App/CommandReply` request, as they arrived).
+fn assert_each_reply_sent_once(fake: &FakeStardust) {
+    let mut ids: Vec<i64> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::CommandReply)
+        .map(|r| r.json.as_ref().expect("JSON")["Id"].as_i64().expect("Id"))
+        .collect();
+    let sent = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), sent, "a command reply was sent twice");
+}
+
 /// What the server counted of the test's own operations (the commands run as `cmd:` spans).
 fn reported(fake: &FakeStardust) -> BTreeMap<String, (u64, u64)> {
     let mut t = fake.totals_by_name();
@@ -111,6 +126,7 @@ fn a_flush_does_not_wait_behind_command_replies() {
         "replies go on after the flush"
     );
     drop(guard);
+    assert_each_reply_sent_once(&fake);
     fake.assert_no_violations();
 }
 
@@ -143,4 +159,5 @@ fn shutdown_delivers_the_last_report_while_replies_are_slow() {
     );
     // Replies left are re-sent by the server as commands: nothing counted is lost.
     assert!(posted < COMMANDS, "{posted} replies posted");
+    assert_each_reply_sent_once(&fake);
 }

@@ -535,6 +535,7 @@ impl Config {
         }
         if let Some(id) = &self.app_id {
             if id.trim().is_empty() {
+                // Said as before: the id itself is not worth quoting.
                 return Err(ConfigError::new(
                     self.app_id_from,
                     "the application id is empty",

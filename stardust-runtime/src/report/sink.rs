@@ -100,3 +100,22 @@ impl Sink for UserReporter {
         FlushOutcome::Delivered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urgent_when_a_message_waits_or_the_shutdown_began() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let urgent = Urgent::new(rx.clone(), stopping.clone());
+        assert!(!urgent.waiting(), "nothing waits");
+        tx.send(UpMsg::Model(TraceModel::default())).unwrap();
+        assert!(urgent.waiting(), "a period waits");
+        rx.recv().unwrap();
+        assert!(!urgent.waiting(), "taken");
+        stopping.store(true, Ordering::Release);
+        assert!(urgent.waiting(), "the shutdown began");
+    }
+}

@@ -38,6 +38,9 @@ pub(crate) const MAX_APP_ID_UNITS: usize = 50;
 /// escape). The words follow "the application id … ". `None`: usable (emptiness is the
 /// caller's check).
 pub(crate) fn app_id_problem(id: &str) -> Option<String> {
+    if id.trim().is_empty() {
+        return Some("is empty".to_owned());
+    }
     let units = utf16_len(id);
     if units > MAX_APP_ID_UNITS {
         return Some(format!(

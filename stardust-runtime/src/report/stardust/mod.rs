@@ -55,14 +55,16 @@ const LOGOUT_MAX: Duration = Duration::from_secs(1);
 /// The queue of reports kept for retry is replayed this long after a failure.
 const QUEUE_RETRY: Duration = Duration::from_secs(5);
 /// Longest the uploader keeps starting requests in one round of background work (replaying
-/// queued reports, posting command replies, posting events): the rest waits for the next tick,
-/// after the pings, logins and other work due meanwhile. A round also ends as soon as a period,
-/// a flush or the shutdown waits for the thread ([`Urgent`]), so such traffic never holds
-/// reports back for longer than the request in flight ([docs/stardust-protocol.md §8.5](crate::docs::stardust_protocol)).
+/// queued reports, posting command replies and events, together): the rest waits for the next
+/// tick, after the pings, logins and other work due meanwhile. A round also ends, and a tick
+/// does nothing, as soon as a period, a flush or the shutdown waits for the thread ([`Urgent`]),
+/// so such traffic never holds reports back for longer than the requests in flight (one of the
+/// round's, or a login or ping that was due) ([docs/stardust-protocol.md §8.5](crate::docs::stardust_protocol)).
 const POST_ROUND: Duration = Duration::from_secs(1);
-/// Longest a flush or the shutdown spends on command replies and events, after the reports:
-/// the server re-sends commands without a final reply, and a slow server must not make an
-/// exit wait for them.
+/// Longest a flush or the shutdown keeps starting requests for command replies and events,
+/// after its reports (a request started goes on to its end, within the deadline, so that the
+/// server does not get it twice): the server re-sends commands without a final reply, and a
+/// slow server must not make an exit wait for them.
 const PENDING_MAX: Duration = Duration::from_secs(2);
 /// Most events per `/App/PostEvents` request.
 const EVENT_BATCH: usize = 100;
@@ -211,8 +213,8 @@ impl StardustSink {
 
     /// Learns the server clock from a reply: `offset = serverTime + delay/2 − localNow`. An
     /// offset beyond [`Self::MAX_OFFSET_MS`] is not taken (the clock stays as it was: local, or
-    /// the last offset taken) and is returned.
-    fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) -> Result<(), i64> {
+    /// the last offset taken) and is returned; `Ok` says whether the reply carried a time.
+    fn sync_clock(data: &Map<String, Value>, sent_local_ms: i64) -> Result<bool, i64> {
         if let Some(server) = get_i64(data, "serverTime").filter(|t| *t > 0) {
             let now = Self::local_ms();
             let delay = now.saturating_sub(sent_local_ms).max(0);
@@ -221,14 +223,16 @@ impl StardustSink {
                 return Err(offset);
             }
             clock::set_server_offset_ms(offset);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// [`Self::sync_clock`], saying once that an offset was refused (again after one is taken).
     fn learn_clock(&mut self, data: &Map<String, Value>, sent_local_ms: i64) {
         match Self::sync_clock(data, sent_local_ms) {
-            Ok(()) => self.clock_refused_logged = false,
+            Ok(true) => self.clock_refused_logged = false,
+            Ok(false) => {}
             Err(_) if self.clock_refused_logged => {}
             Err(offset) => {
                 self.clock_refused_logged = true;
@@ -557,16 +561,17 @@ impl StardustSink {
     /// the background (`None`), within the round (`round_end`) and while nothing more urgent
     /// waits for the thread.
     fn may_call(&self, round_end: Instant, deadline: Option<Instant>) -> bool {
-        match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()) >= api::MIN_CALL_TIME,
-            None => Instant::now() < round_end && !self.urgent.waiting(),
-        }
+        let now = Instant::now();
+        now < round_end
+            && match deadline {
+                Some(d) => d.saturating_duration_since(now) >= api::MIN_CALL_TIME,
+                None => !self.urgent.waiting(),
+            }
     }
 
     /// Replays queued reports in the background, oldest first, until one fails on the network
     /// (then again [`QUEUE_RETRY`] later) or the round ends (then at the next tick).
-    fn drain(&mut self) {
-        let round_end = Instant::now() + POST_ROUND;
+    fn drain(&mut self, round_end: Instant) {
         while !self.queue.is_empty() {
             if !self.may_call(round_end, None) {
                 self.next_drain = Some(Instant::now());
@@ -736,8 +741,7 @@ impl StardustSink {
     /// Posts the command replies that are ready, oldest first, until one fails on the network
     /// (then they wait for `replies_retry.due`), `deadline` comes, or in the background the
     /// round ends (then the rest goes at the next tick). Needs a login.
-    fn post_replies(&mut self, deadline: Option<Instant>) {
-        let round_end = Instant::now() + POST_ROUND;
+    fn post_replies(&mut self, round_end: Instant, deadline: Option<Instant>) {
         self.replies.extend(self.commands.replies().try_iter());
         while self.replies.len() > MAX_REPLIES {
             self.replies.pop_front();
@@ -790,8 +794,7 @@ impl StardustSink {
     /// post fails on the network (the batch is kept and retried after a backoff), `deadline`
     /// comes, or in the background the round ends (the rest goes at the next tick: the due
     /// time stays passed). Needs a login.
-    fn post_events(&mut self, deadline: Option<Instant>) {
-        let round_end = Instant::now() + POST_ROUND;
+    fn post_events(&mut self, round_end: Instant, deadline: Option<Instant>) {
         loop {
             if self.event_batch.is_empty() {
                 self.event_batch
@@ -833,13 +836,15 @@ impl StardustSink {
         }
     }
 
-    /// Command replies and events, by `deadline` (a flush, the shutdown) and for at most
-    /// [`PENDING_MAX`], when logged in.
+    /// Command replies and events, by `deadline` (a flush, the shutdown), starting requests for
+    /// at most [`PENDING_MAX`], when logged in.
     fn post_pending(&mut self, deadline: Instant) {
-        let deadline = deadline.min(Instant::now() + PENDING_MAX);
         if self.logged_in && self.api.token.is_some() {
-            self.post_replies(Some(deadline));
-            self.post_events(Some(deadline));
+            // Only the start of requests is limited: one under way goes on to its end (within
+            // the deadline), or the server would get it again from the retry.
+            let round_end = Instant::now() + PENDING_MAX;
+            self.post_replies(round_end, Some(deadline));
+            self.post_events(round_end, Some(deadline));
         }
     }
 
@@ -1063,11 +1068,15 @@ fn md5_upper(bytes: &[u8]) -> String {
 impl Sink for StardustSink {
     fn report(&mut self, model: &TraceModel) {
         if self.deliver(model, None) && !self.queue.is_empty() {
-            self.drain();
+            self.drain(Instant::now() + POST_ROUND);
         }
     }
 
     fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if self.urgent.waiting() {
+            // A period, a flush or the shutdown first: ticked again right after it.
+            return Some(now);
+        }
         if !self.logged_in && now >= self.next_login {
             self.try_login(None);
         }
@@ -1083,8 +1092,10 @@ impl Sink for StardustSink {
                 }
             }
         }
+        // One round for the replay, the replies and the events together.
+        let round_end = Instant::now() + POST_ROUND;
         if self.logged_in && !self.queue.is_empty() && self.next_drain.is_some_and(|d| now >= d) {
-            self.drain();
+            self.drain(round_end);
         }
         if self.queue.is_empty() {
             self.next_drain = None;
@@ -1095,14 +1106,14 @@ impl Sink for StardustSink {
             let now = Instant::now();
             let replies_waiting = !self.replies.is_empty() || !self.commands.replies().is_empty();
             if replies_waiting && self.replies_retry.due.is_none_or(|t| now >= t) {
-                self.post_replies(None);
+                self.post_replies(round_end, None);
             }
             let events_waiting = !self.event_batch.is_empty() || !self.events.is_empty();
             if events_waiting && self.events_due.due.is_none() {
                 self.events_due.due = Some(now + EVENT_DELAY);
             }
             if self.events_due.due.is_some_and(|d| now >= d) {
-                self.post_events(None);
+                self.post_events(round_end, None);
             }
         }
         let mut next = Vec::with_capacity(5);
