@@ -503,13 +503,6 @@ impl Dispatcher {
         &self.replies_rx
     }
 
-    /// The `commands` member of a ping reply (see [`Dispatcher::receive_each`]).
-    pub(crate) fn receive(&mut self, commands: &Value) {
-        if let Value::Array(list) = commands {
-            self.receive_each(list.len(), |take| list.iter().for_each(take));
-        }
-    }
-
     /// The `listed` commands of a ping reply, which `each` hands over one at a time: ids seen
     /// before are dropped without a reply (the server re-sends until it has a final one); of
     /// the new ones the first [`MAX_NEW_PER_REPLY`] go to the command thread (while fewer than
@@ -1165,6 +1158,12 @@ mod tests {
         );
     }
 
+    impl Dispatcher {
+        fn receive(&mut self, list: &[Value]) {
+            self.receive_each(list.len(), |take| list.iter().for_each(take));
+        }
+    }
+
     /// A reply of 20,000 new commands: 100 are taken; re-sent, the next 100; never more than
     /// [`MAX_SEEN`] remembered, and none forgotten early (new ones wait instead).
     #[test]
@@ -1173,11 +1172,9 @@ mod tests {
         let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
         // No command thread: every command taken is answered at once, through the replies.
         d.thread_failed = true;
-        let list = Value::Array(
-            (1..=20_000)
-                .map(|id| json!({"id": id, "command": "x"}))
-                .collect(),
-        );
+        let list: Vec<Value> = (1..=20_000)
+            .map(|id| json!({"id": id, "command": "x"}))
+            .collect();
         d.receive(&list);
         assert_eq!(d.seen.len(), MAX_NEW_PER_REPLY);
         d.receive(&list);
