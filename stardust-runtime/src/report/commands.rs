@@ -35,9 +35,16 @@ pub(crate) type Handler = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sy
 /// Default bound of a handler's run time.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The window of de-duplication: an id is remembered at least this long after the server last
-/// sent it, and at least this long past its start time and its expiry. Within it, however often
-/// the server re-sends a command, it is run and answered once.
+/// sent it, and at least this long past its start time and its expiry, within
+/// [`MAX_AHEAD_MS`]. Within it, however often the server re-sends a command, it is run and
+/// answered once.
 const SEEN_FOR_MS: i64 = 3_600_000;
+/// How far past the time the server last sent an id its start time and expiry keep it
+/// remembered: a day. Unbounded, ids with a start time or expiry years ahead, sent once, would
+/// hold [`MAX_SEEN`]'s places for years and no new command would be taken again. The server
+/// re-sends a scheduled command on every ping (docs/stardust-protocol.md §9.6), and each send
+/// keeps its id a day ahead again, up to its start time and a window past it.
+const MAX_AHEAD_MS: i64 = 86_400_000;
 /// Most ids remembered. An id is never forgotten before its window has passed: while this many
 /// are remembered, new commands are not taken (the server sends them again later).
 const MAX_SEEN: usize = 10_000;
@@ -342,17 +349,37 @@ fn format_utc(ms: i64) -> String {
 /// The ids taken, each until it may be forgotten: lookup, insertion and forgetting in constant
 /// time (amortised), memory bounded by [`MAX_SEEN`].
 ///
-/// `until` holds each id's time to forget it (server Unix ms); `checks` holds every remembered
-/// id once, in the order it is due to be looked at again, [`SEEN_FOR_MS`] after it was queued.
-/// Queue times only grow, so the front is always the next due: [`SeenIds::forget_due`] pops
-/// from the front, forgets the ids whose time has come and queues the others (sent again
-/// since, or with a later start time or expiry) once more, at most once per window.
+/// `ids` holds each id's time to forget it (server Unix ms, see [`window_end`]); `checks`
+/// holds every remembered id once, in the order it is due to be looked at again,
+/// [`SEEN_FOR_MS`] after it was queued. Queue times only grow, so the front is always the next
+/// due: [`SeenIds::forget_due`] pops from the front, forgets the ids whose time has come and
+/// queues the others (sent again since, or with a later start time or expiry) once more, at
+/// most once per window.
 #[derive(Default)]
 struct SeenIds {
-    until: HashMap<i64, i64>,
+    ids: HashMap<i64, Remembered>,
     checks: VecDeque<(i64, i64)>,
     /// The latest `now` seen: queue times never go back when the server's clock does.
     now: i64,
+}
+
+/// One remembered id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Remembered {
+    /// When it may be forgotten.
+    until: i64,
+    /// The later of its start time and expiry (0: neither).
+    latest: i64,
+}
+
+/// When an id the server sent at `now`, with start time and expiry at most `latest`, may be
+/// forgotten: a window after `now`, and a window past `latest` as long as that is at most
+/// [`MAX_AHEAD_MS`] after `now`.
+fn window_end(now: i64, latest: i64) -> i64 {
+    latest
+        .saturating_add(SEEN_FOR_MS)
+        .min(now.saturating_add(MAX_AHEAD_MS))
+        .max(now.saturating_add(SEEN_FOR_MS))
 }
 
 impl SeenIds {
@@ -364,22 +391,23 @@ impl SeenIds {
                 break;
             }
             self.checks.pop_front();
-            match self.until.get(&id) {
-                Some(&until) if until > self.now => self
+            match self.ids.get(&id) {
+                Some(r) if r.until > self.now => self
                     .checks
                     .push_back((self.now.saturating_add(SEEN_FOR_MS), id)),
                 _ => {
-                    self.until.remove(&id);
+                    self.ids.remove(&id);
                 }
             }
         }
     }
 
-    /// Whether `id` was taken before; if so, it is remembered a window from `now` at least.
+    /// Whether `id` was taken before; if so, its window starts again at `now` (see
+    /// [`window_end`]).
     fn seen_again(&mut self, id: i64, now: i64) -> bool {
-        match self.until.get_mut(&id) {
-            Some(until) => {
-                *until = (*until).max(now.saturating_add(SEEN_FOR_MS));
+        match self.ids.get_mut(&id) {
+            Some(r) => {
+                r.until = r.until.max(window_end(now, r.latest));
                 true
             }
             None => false,
@@ -390,23 +418,21 @@ impl SeenIds {
         self.len() >= MAX_SEEN
     }
 
-    /// Remembers a new id a window past the latest of `now`, its start time and its expiry.
+    /// Remembers a new id sent at `now` (see [`window_end`]).
     fn insert(&mut self, cmd: &Command, now: i64) {
-        let latest = now
-            .max(cmd.start_ms.unwrap_or(0))
-            .max(cmd.expire_ms.unwrap_or(0));
-        if self
-            .until
-            .insert(cmd.id, latest.saturating_add(SEEN_FOR_MS))
-            .is_none()
-        {
+        let latest = cmd.start_ms.unwrap_or(0).max(cmd.expire_ms.unwrap_or(0));
+        let r = Remembered {
+            until: window_end(now, latest),
+            latest,
+        };
+        if self.ids.insert(cmd.id, r).is_none() {
             self.checks
                 .push_back((self.now.max(now).saturating_add(SEEN_FOR_MS), cmd.id));
         }
     }
 
     fn len(&self) -> usize {
-        self.until.len()
+        self.ids.len()
     }
 }
 
@@ -447,7 +473,7 @@ impl ReplyTally {
         }
         if self.memory_full > 0 {
             parts.push(format!(
-                "{} left for a later reply ({MAX_SEEN} ids taken within the last hour are remembered)",
+                "{} left for a later reply ({MAX_SEEN} ids taken recently are remembered)",
                 self.memory_full
             ));
         }
@@ -1120,8 +1146,8 @@ mod tests {
         seen.insert(&cmd(1, None), now);
         seen.insert(&cmd(2, Some(now + 10 * SEEN_FOR_MS)), now);
         seen.insert(&cmd(3, None), now);
-        assert_eq!(seen.until[&1], now + SEEN_FOR_MS);
-        assert_eq!(seen.until[&2], now + 11 * SEEN_FOR_MS);
+        assert_eq!(seen.ids[&1].until, now + SEEN_FOR_MS);
+        assert_eq!(seen.ids[&2].until, now + 11 * SEEN_FOR_MS);
         // Sent again half a window later: remembered a window from then.
         let later = now + SEEN_FOR_MS / 2;
         seen.forget_due(later);
@@ -1129,16 +1155,81 @@ mod tests {
         assert!(!seen.seen_again(4, later));
         // A window on, only the one not sent again is forgotten.
         seen.forget_due(now + SEEN_FOR_MS);
-        assert!(!seen.until.contains_key(&1));
-        assert!(seen.until.contains_key(&2) && seen.until.contains_key(&3));
+        assert!(!seen.ids.contains_key(&1));
+        assert!(seen.ids.contains_key(&2) && seen.ids.contains_key(&3));
         seen.forget_due(now + 2 * SEEN_FOR_MS);
         assert!(
-            !seen.until.contains_key(&3),
+            !seen.ids.contains_key(&3),
             "forgotten a window after its last send"
         );
-        assert!(seen.until.contains_key(&2), "kept a window past its start");
+        assert!(seen.ids.contains_key(&2), "kept a window past its start");
         seen.forget_due(now + 12 * SEEN_FOR_MS);
         assert_eq!((seen.len(), seen.checks.len()), (0, 0));
+    }
+
+    /// A start time or expiry keeps an id at most a day past its last send; each send moves
+    /// that day on, up to a window past the start time.
+    #[test]
+    fn start_and_expiry_keep_an_id_at_most_a_day_past_its_last_send() {
+        let mut seen = SeenIds::default();
+        let now = T;
+        let years = now + 3_000 * MAX_AHEAD_MS;
+        seen.insert(&cmd(1, Some(years)), now);
+        seen.insert(
+            &Command {
+                expire_ms: Some(years),
+                ..cmd(2, None)
+            },
+            now,
+        );
+        let start = now + 2 * MAX_AHEAD_MS;
+        seen.insert(&cmd(3, Some(start)), now);
+        for id in 1..=3 {
+            assert_eq!(seen.ids[&id].until, now + MAX_AHEAD_MS, "{id}");
+        }
+        // Id 3 is sent again on every ping, as the server sends a scheduled command: it stays
+        // remembered until a window past its start.
+        let mut t = now;
+        while t < start + 2 * SEEN_FOR_MS {
+            t += SEEN_FOR_MS / 2;
+            seen.forget_due(t);
+            if t <= start {
+                assert!(seen.seen_again(3, t), "remembered while scheduled, at {t}");
+            }
+        }
+        assert!(seen.ids.is_empty(), "{:?}", seen.ids);
+        assert!(seen.checks.is_empty());
+    }
+
+    /// 10,000 ids expiring in years fill the memory: no new command is taken while they are
+    /// remembered, and new ones are taken again a day after the server last sent them.
+    #[test]
+    fn ids_expiring_in_years_do_not_block_new_commands_for_more_than_a_day() {
+        let (waker, _rx) = crate::report::sink::waker();
+        let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
+        d.thread_failed = true;
+        let list: Vec<Value> = (1..=MAX_SEEN as i64)
+            .map(|id| json!({"id": id, "command": "x", "expire": "2999-01-01T00:00:00Z"}))
+            .collect();
+        for _ in 0..MAX_SEEN / MAX_NEW_PER_REPLY {
+            d.receive(&list);
+        }
+        assert_eq!(d.seen.len(), MAX_SEEN);
+        assert_eq!(d.replies().try_iter().count(), MAX_SEEN);
+        let new = [json!({"id": MAX_SEEN + 1, "command": "x"})];
+        d.receive(&new);
+        assert_eq!(d.replies().try_iter().count(), 0, "full: nothing new taken");
+        // A day and a window later, without those ids sent again.
+        let later = clock::unix_ms_now() + MAX_AHEAD_MS + SEEN_FOR_MS;
+        d.seen.forget_due(later);
+        assert_eq!(d.seen.len(), 0);
+        d.receive(&new);
+        let answered: Vec<i64> = d.replies().try_iter().map(|r| r.id).collect();
+        assert_eq!(
+            answered,
+            [MAX_SEEN as i64 + 1],
+            "a new command is taken again"
+        );
     }
 
     #[test]
