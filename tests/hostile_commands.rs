@@ -92,8 +92,9 @@ fn flood_pings(r: &Recorded) -> usize {
 
 /// One ping reply with 100,000 commands, then the same reply twice more (the server re-sends
 /// what has no reply): the client takes 100 new ones per reply and ignores the rest with one
-/// counted line per reply, runs and answers each id once, a report made right after the first
-/// flood is delivered at once, and memory and log stay small.
+/// counted line per reply (a warning for the first, the others at debug level), runs and
+/// answers each id once, a report made right after the first flood is delivered at once, and
+/// memory and log stay small.
 #[test]
 fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_once() {
     flood(Shape::InData);
@@ -130,6 +131,7 @@ fn flood(shape: Shape) {
     common::reset_peak_rss();
     let rss_before = common::peak_rss_kb();
     common::clear_log_lines();
+    let floods_from = Instant::now();
     fake.fault_next(
         On::Ping,
         FLOODS as u32,
@@ -187,6 +189,9 @@ fn flood(shape: Shape) {
     let twice = per_id.values().filter(|n| **n > 1).count();
     let runs_twice = runs.lock().unwrap().values().filter(|n| **n > 1).count();
     let lines = common::log_lines();
+    // The same warning is given again at most every 5 minutes: however slow this machine,
+    // the floods can have given no more warnings than that allows.
+    let warnings_allowed = 1 + (floods_from.elapsed().as_secs() / 300) as usize;
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let warnings = lines
         .iter()
@@ -229,9 +234,12 @@ fn flood(shape: Shape) {
         "peak RSS grew by {} kB ({shape:?})",
         rss_after - rss_before
     );
-    // One counted line per flood (no line per command refused), and a debug line or two per
-    // command taken.
-    assert!(warnings <= FLOODS, "{warnings} warnings");
+    // One counted line per flood (no line per command refused), a warning for the first only
+    // (the others are debug lines), and a debug line or two per command taken.
+    assert!(
+        warnings <= warnings_allowed,
+        "{warnings} warnings, {warnings_allowed} allowed"
+    );
     assert!(
         lines.len() <= 4 * PER_REPLY * FLOODS + 20,
         "{} log lines",

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::clock;
 use crate::report::sink::Waker;
 use crate::span::context::entry_span;
+use crate::util::diag::{REPEAT_AFTER, Throttle};
 use crate::util::json::{get_ci, get_i64};
 use crate::util::text::cut_utf16;
 use crate::util::text::escaped;
@@ -452,18 +453,38 @@ struct ReplyTally {
 }
 
 impl ReplyTally {
+    /// Logs [`ReplyTally::line`].
+    fn log(&self, listed: usize, warnings: &mut ReplyWarnings, now: Instant) {
+        if let Some((level, line)) = self.line(listed, warnings, now) {
+            log::log!(level, "{line}");
+        }
+    }
+
     /// One line for the whole reply (counts only, never a command's name or argument), none
-    /// when every listed command was taken or was a repeat.
-    fn log(&self, listed: usize) {
+    /// when every listed command was taken or was a repeat. Commands left for later or
+    /// refused make it a warning as [`ReplyWarnings`] allows, otherwise it is debug.
+    fn line(
+        &self,
+        listed: usize,
+        warnings: &mut ReplyWarnings,
+        now: Instant,
+    ) -> Option<(log::Level, String)> {
         let left = self.over_bound + self.memory_full;
         if left + self.unusable + self.refused == 0 {
-            return;
+            return None;
         }
-        let level = if left + self.refused > 0 {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
+        let w = warnings;
+        let mut warn = false;
+        for (n, throttle) in [
+            (self.over_bound, &mut w.over_bound),
+            (self.memory_full, &mut w.memory_full),
+            (self.refused, &mut w.refused),
+        ] {
+            // Every condition present is counted, also when an earlier one already warns.
+            if n > 0 && throttle.due(now).is_some() {
+                warn = true;
+            }
+        }
         let mut parts = vec![format!("{} new ones taken", self.taken)];
         if self.over_bound > 0 {
             parts.push(format!(
@@ -489,12 +510,50 @@ impl ReplyTally {
                 self.refused, self.refused_why
             ));
         }
-        log::log!(
-            level,
+        let mut line = format!(
             "stardust: a ping reply listed {listed} commands: {}",
             parts.join(", ")
         );
+        if !warn {
+            if left + self.refused > 0 {
+                w.held_replies += 1;
+                w.held_left += left;
+                w.held_refused += self.refused;
+            }
+            return Some((log::Level::Debug, line));
+        }
+        if w.held_replies > 0 {
+            line.push_str(&format!(
+                "; since the last warning, {} more replies left {} commands for a later reply \
+                 and {} were answered with an error",
+                w.held_replies, w.held_left, w.held_refused
+            ));
+            (w.held_replies, w.held_left, w.held_refused) = (0, 0, 0);
+        }
+        line.push_str(&format!(
+            "; more of the same within {} minutes is logged at debug level",
+            REPEAT_AFTER.as_secs() / 60
+        ));
+        Some((log::Level::Warn, line))
     }
+}
+
+/// When the line of a ping reply with commands left for later or refused is a warning: the
+/// first time each of the conditions (left past the bound of a reply, left while the id memory
+/// is full, refused) occurs, then at most once every [`REPEAT_AFTER`] per condition; with the
+/// counts of the lines logged at debug level in between. A server that lists more new commands
+/// than are taken on every ping (every second, at its shortest period) would otherwise give one
+/// warning per ping for as long as it does.
+#[derive(Default)]
+struct ReplyWarnings {
+    over_bound: Throttle,
+    memory_full: Throttle,
+    refused: Throttle,
+    /// Since the last warning: replies with commands left or refused logged at debug level,
+    /// and the commands they left for later and refused.
+    held_replies: usize,
+    held_left: usize,
+    held_refused: usize,
 }
 
 /// What the uploader thread keeps: seen ids, the way to the command thread, the replies.
@@ -503,6 +562,7 @@ pub(crate) struct Dispatcher {
     timeout: Duration,
     waker: Waker,
     seen: SeenIds,
+    warnings: ReplyWarnings,
     inbox: Option<Sender<Command>>,
     replies_tx: Sender<Reply>,
     replies_rx: Receiver<Reply>,
@@ -517,6 +577,7 @@ impl Dispatcher {
             timeout,
             waker,
             seen: SeenIds::default(),
+            warnings: ReplyWarnings::default(),
             inbox: None,
             replies_tx,
             replies_rx,
@@ -543,7 +604,7 @@ impl Dispatcher {
         self.seen.forget_due(now);
         let mut tally = ReplyTally::default();
         each(&mut |v| self.take(v, now, &mut tally));
-        tally.log(listed);
+        tally.log(listed, &mut self.warnings, Instant::now());
     }
 
     /// One listed command (see [`Dispatcher::receive_each`]).
@@ -628,6 +689,8 @@ impl Dispatcher {
             next_seq: 0,
             refused: 0,
             refused_why: String::new(),
+            refused_warning: Throttle::default(),
+            refused_held: 0,
         };
         match std::thread::Builder::new()
             .name("stardust-commands".into())
@@ -683,6 +746,9 @@ struct Worker {
     /// Commands refused since the last log line about it, and the last reason.
     refused: usize,
     refused_why: String,
+    /// When that line is a warning, and the commands refused in debug lines since the last.
+    refused_warning: Throttle,
+    refused_held: usize,
 }
 
 /// A command in the schedule heap, ordered only by the heap's other keys.
@@ -810,16 +876,34 @@ impl Worker {
         self.refused_why = why;
     }
 
-    /// One line for the commands refused since the last one.
+    /// One line for the commands refused since the last one: a warning the first time and at
+    /// most once every [`REPEAT_AFTER`] after it (with the count refused in between), debug
+    /// otherwise, as [`ReplyWarnings`] does for the uploader's lines.
     fn log_refused(&mut self) {
-        if self.refused > 0 {
-            log::warn!(
-                "stardust: {} commands refused, answered with an error ({})",
-                self.refused,
-                escaped(&self.refused_why)
-            );
-            self.refused = 0;
+        if self.refused == 0 {
+            return;
         }
+        let line = format!(
+            "stardust: {} commands refused, answered with an error ({})",
+            self.refused,
+            escaped(&self.refused_why)
+        );
+        if self.refused_warning.due(Instant::now()).is_some() {
+            let held = std::mem::take(&mut self.refused_held);
+            let since = if held > 0 {
+                format!("; {held} more refused since the last warning")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "{line}{since}; more within {} minutes is logged at debug level",
+                REPEAT_AFTER.as_secs() / 60
+            );
+        } else {
+            self.refused_held += self.refused;
+            log::debug!("{line}");
+        }
+        self.refused = 0;
     }
 
     /// Answers Cancelled when the command's expiry has passed (server time).
@@ -1229,6 +1313,74 @@ mod tests {
             answered,
             [MAX_SEEN as i64 + 1],
             "a new command is taken again"
+        );
+    }
+
+    /// A server that leaves commands over on every ping: a warning the first time each
+    /// condition occurs and once per window after it, counting what the debug lines between
+    /// held; never a warning for commands that are only unusable.
+    #[test]
+    fn a_reply_warns_once_per_condition_and_window_and_counts_what_it_held_back() {
+        use log::Level::{Debug, Warn};
+        let mut w = ReplyWarnings::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut level = |tally: &ReplyTally, listed: usize, now: Instant| {
+            tally.line(listed, &mut w, now).map(|(level, line)| {
+                eprintln!("{level}: {line}");
+                (level, line)
+            })
+        };
+        let over = ReplyTally {
+            taken: 100,
+            over_bound: 900,
+            ..ReplyTally::default()
+        };
+        let (l, first) = level(&over, 1000, at(0)).unwrap();
+        assert_eq!(l, Warn);
+        assert!(first.contains("900 left for a later reply") && !first.contains("since"));
+        // One ping a second: debug lines.
+        for s in 1..100 {
+            assert_eq!(level(&over, 1000, at(s)).unwrap().0, Debug);
+        }
+        // A new condition warns at once, with what was held back.
+        let full = ReplyTally {
+            memory_full: 5,
+            ..ReplyTally::default()
+        };
+        let (l, line) = level(&full, 5, at(100)).unwrap();
+        assert_eq!(l, Warn);
+        assert!(
+            line.contains("99 more replies left 89100 commands for a later reply and 0 were"),
+            "{line}"
+        );
+        let refused = ReplyTally {
+            taken: 1,
+            refused: 1,
+            refused_why: "busy".into(),
+            ..ReplyTally::default()
+        };
+        assert_eq!(level(&refused, 1, at(101)).unwrap().0, Warn);
+        assert_eq!(level(&refused, 1, at(102)).unwrap().0, Debug);
+        assert_eq!(level(&full, 5, at(103)).unwrap().0, Debug);
+        let unusable = ReplyTally {
+            unusable: 3,
+            ..ReplyTally::default()
+        };
+        assert_eq!(level(&unusable, 3, at(104)).unwrap().0, Debug);
+        assert_eq!(level(&ReplyTally::default(), 0, at(105)), None);
+        // A window after its last warning, a condition warns again, with the count since.
+        assert_eq!(
+            level(&over, 1000, at(0) + REPEAT_AFTER - Duration::from_secs(1))
+                .unwrap()
+                .0,
+            Debug
+        );
+        let (l, line) = level(&over, 1000, at(0) + REPEAT_AFTER).unwrap();
+        assert_eq!(l, Warn);
+        assert!(
+            line.contains("3 more replies left 905 commands for a later reply and 1 were"),
+            "{line}"
         );
     }
 
