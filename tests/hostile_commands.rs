@@ -45,12 +45,25 @@ fn config(fake: &FakeStardust) -> Config {
         .console(false)
 }
 
+/// Where a flood's commands sit in the ping reply.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// `{"code":0,"data":{…,"commands":[…]}}`, as the server writes it.
+    InData,
+    /// `{"code":0,…,"commands":[…]}`: an envelope without `data`, whose whole object is the
+    /// data (docs/stardust-protocol.md §2.4).
+    WithoutData,
+}
+
 /// A ping reply (camelCase, as the fake's) listing `n` commands, as short as the client's
 /// 4 MiB reply limit needs: odd ids are `f` with the id as argument (the test's handler counts
 /// its runs per argument), even ids `u`, which has no handler.
-fn flood_reply(n: usize) -> Vec<u8> {
+fn flood_reply(n: usize, shape: Shape) -> Vec<u8> {
     let mut s = String::with_capacity(n * 40 + 100);
-    s.push_str(r#"{"code":0,"data":{"period":1,"token":null,"commands":["#);
+    s.push_str(match shape {
+        Shape::InData => r#"{"code":0,"data":{"period":1,"token":null,"commands":["#,
+        Shape::WithoutData => r#"{"code":0,"period":1,"token":null,"commands":["#,
+    });
     for id in 1..=n {
         if id > 1 {
             s.push(',');
@@ -61,7 +74,10 @@ fn flood_reply(n: usize) -> Vec<u8> {
             s.push_str(&format!(r#"{{"id":{id},"command":"u"}}"#));
         }
     }
-    s.push_str("]}}");
+    s.push_str(match shape {
+        Shape::InData => "]}}",
+        Shape::WithoutData => "]}",
+    });
     assert!(s.len() < 4 << 20, "within the client's reply limit");
     s.into_bytes()
 }
@@ -76,10 +92,28 @@ fn flood_pings(r: &Recorded) -> usize {
 
 /// One ping reply with 100,000 commands, then the same reply twice more (the server re-sends
 /// what has no reply): the client takes 100 new ones per reply and ignores the rest with one
-/// counted line per reply, runs and answers each id once, a report made right after the first
-/// flood is delivered at once, and memory and log stay small.
+/// counted line per reply (a warning for the first, the others at debug level), runs and
+/// answers each id once, a report made right after the first flood is delivered at once, and
+/// memory and log stay small.
 #[test]
 fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_once() {
+    flood(Shape::InData);
+}
+
+/// The same flood in an envelope without `data` (the whole object is the data): its commands
+/// are read one at a time as well, within the same memory bound.
+#[test]
+fn a_ping_reply_without_data_with_100000_commands_stays_as_small() {
+    flood(Shape::WithoutData);
+}
+
+/// Peak memory the process may add while the client reads three floods of 100,000 commands
+/// (about 3.7 MB each, the fake's copies included) one command at a time and runs 300 of
+/// them, debug log lines captured included. Measured in a debug build: 40 to 60 MB, either
+/// shape. A flood read as one JSON value instead took 116 to 133 MB, which this bound refuses.
+const FLOOD_RSS_KB: u64 = 80 * 1024;
+
+fn flood(shape: Shape) {
     let _s = common::serial();
     common::capture_logs();
     const N: usize = 100_000;
@@ -92,9 +126,12 @@ fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_onc
         Ok(String::new())
     }));
     fake.expect_logins(1, WAIT);
-    let flood = flood_reply(N);
+    let flood = flood_reply(N, shape);
+    // The peak so far is another test's (or the fake's start): measure from here.
+    common::reset_peak_rss();
     let rss_before = common::peak_rss_kb();
     common::clear_log_lines();
+    let floods_from = Instant::now();
     fake.fault_next(
         On::Ping,
         FLOODS as u32,
@@ -152,13 +189,16 @@ fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_onc
     let twice = per_id.values().filter(|n| **n > 1).count();
     let runs_twice = runs.lock().unwrap().values().filter(|n| **n > 1).count();
     let lines = common::log_lines();
+    // The same warning is given again at most every 5 minutes: however slow this machine,
+    // the floods can have given no more warnings than that allows.
+    let warnings_allowed = 1 + (floods_from.elapsed().as_secs() / 300) as usize;
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let warnings = lines
         .iter()
         .filter(|l| l.starts_with("WARN") || l.starts_with("ERROR"))
         .count();
     eprintln!(
-        "hostile_commands: {N} commands x {FLOODS} replies: uploader stalled {stalled:?}; \
+        "hostile_commands: {N} commands ({shape:?}) x {FLOODS} replies: uploader stalled {stalled:?}; \
          peak RSS {rss_before} kB -> {rss_after} kB (+{} kB); {} ids answered, {twice} twice or \
          more; {runs_twice} handler runs twice or more; {} log lines ({bytes} bytes), {warnings} \
          warnings",
@@ -190,13 +230,16 @@ fn a_ping_reply_with_100000_commands_is_taken_100_at_a_time_each_id_answered_onc
         "the uploader was stalled {stalled:?}"
     );
     assert!(
-        rss_after.saturating_sub(rss_before) < 96 * 1024,
-        "peak RSS grew by {} kB",
+        rss_after.saturating_sub(rss_before) < FLOOD_RSS_KB,
+        "peak RSS grew by {} kB ({shape:?})",
         rss_after - rss_before
     );
-    // One counted line per flood (no line per command refused), and a debug line or two per
-    // command taken.
-    assert!(warnings <= FLOODS, "{warnings} warnings");
+    // One counted line per flood (no line per command refused), a warning for the first only
+    // (the others are debug lines), and a debug line or two per command taken.
+    assert!(
+        warnings <= warnings_allowed,
+        "{warnings} warnings, {warnings_allowed} allowed"
+    );
     assert!(
         lines.len() <= 4 * PER_REPLY * FLOODS + 20,
         "{} log lines",

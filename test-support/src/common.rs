@@ -153,6 +153,13 @@ pub fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sets this process's peak resident set (VmHWM) back to its current resident set, so that
+/// [`peak_rss_kb`] measures from now; does nothing where /proc does not allow it.
+pub fn reset_peak_rss() {
+    // "5" resets the peak (Linux 4.0 and later).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Starts the runtime with `config` plus a capturing reporter; the first automatic cut is an
 /// hour away, so the test cuts periods with `flush()`.
 pub fn start(config: stardust_runtime::Config) -> (stardust_runtime::Guard, Receiver<TraceModel>) {

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::clock;
 use crate::report::sink::Waker;
 use crate::span::context::entry_span;
+use crate::util::diag::{REPEAT_AFTER, Throttle};
 use crate::util::json::{get_ci, get_i64};
 use crate::util::text::cut_utf16;
 use crate::util::text::escaped;
@@ -35,9 +36,16 @@ pub(crate) type Handler = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sy
 /// Default bound of a handler's run time.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The window of de-duplication: an id is remembered at least this long after the server last
-/// sent it, and at least this long past its start time and its expiry. Within it, however often
-/// the server re-sends a command, it is run and answered once.
+/// sent it, and at least this long past its start time and its expiry, within
+/// [`MAX_AHEAD_MS`]. Within it, however often the server re-sends a command, it is run and
+/// answered once.
 const SEEN_FOR_MS: i64 = 3_600_000;
+/// How far past the time the server last sent an id its start time and expiry keep it
+/// remembered: a day. Unbounded, ids with a start time or expiry years ahead, sent once, would
+/// hold [`MAX_SEEN`]'s places for years and no new command would be taken again. The server
+/// re-sends a scheduled command on every ping (docs/stardust-protocol.md §9.6), and each send
+/// keeps its id a day ahead again, up to its start time and a window past it.
+const MAX_AHEAD_MS: i64 = 86_400_000;
 /// Most ids remembered. An id is never forgotten before its window has passed: while this many
 /// are remembered, new commands are not taken (the server sends them again later).
 const MAX_SEEN: usize = 10_000;
@@ -342,17 +350,37 @@ fn format_utc(ms: i64) -> String {
 /// The ids taken, each until it may be forgotten: lookup, insertion and forgetting in constant
 /// time (amortised), memory bounded by [`MAX_SEEN`].
 ///
-/// `until` holds each id's time to forget it (server Unix ms); `checks` holds every remembered
-/// id once, in the order it is due to be looked at again, [`SEEN_FOR_MS`] after it was queued.
-/// Queue times only grow, so the front is always the next due: [`SeenIds::forget_due`] pops
-/// from the front, forgets the ids whose time has come and queues the others (sent again
-/// since, or with a later start time or expiry) once more, at most once per window.
+/// `ids` holds each id's time to forget it (server Unix ms, see [`window_end`]); `checks`
+/// holds every remembered id once, in the order it is due to be looked at again,
+/// [`SEEN_FOR_MS`] after it was queued. Queue times only grow, so the front is always the next
+/// due: [`SeenIds::forget_due`] pops from the front, forgets the ids whose time has come and
+/// queues the others (sent again since, or with a later start time or expiry) once more, at
+/// most once per window.
 #[derive(Default)]
 struct SeenIds {
-    until: HashMap<i64, i64>,
+    ids: HashMap<i64, Remembered>,
     checks: VecDeque<(i64, i64)>,
     /// The latest `now` seen: queue times never go back when the server's clock does.
     now: i64,
+}
+
+/// One remembered id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Remembered {
+    /// When it may be forgotten.
+    until: i64,
+    /// The later of its start time and expiry (0: neither).
+    latest: i64,
+}
+
+/// When an id the server sent at `now`, with start time and expiry at most `latest`, may be
+/// forgotten: a window after `now`, and a window past `latest` as long as that is at most
+/// [`MAX_AHEAD_MS`] after `now`.
+fn window_end(now: i64, latest: i64) -> i64 {
+    latest
+        .saturating_add(SEEN_FOR_MS)
+        .min(now.saturating_add(MAX_AHEAD_MS))
+        .max(now.saturating_add(SEEN_FOR_MS))
 }
 
 impl SeenIds {
@@ -364,22 +392,23 @@ impl SeenIds {
                 break;
             }
             self.checks.pop_front();
-            match self.until.get(&id) {
-                Some(&until) if until > self.now => self
+            match self.ids.get(&id) {
+                Some(r) if r.until > self.now => self
                     .checks
                     .push_back((self.now.saturating_add(SEEN_FOR_MS), id)),
                 _ => {
-                    self.until.remove(&id);
+                    self.ids.remove(&id);
                 }
             }
         }
     }
 
-    /// Whether `id` was taken before; if so, it is remembered a window from `now` at least.
+    /// Whether `id` was taken before; if so, its window starts again at `now` (see
+    /// [`window_end`]).
     fn seen_again(&mut self, id: i64, now: i64) -> bool {
-        match self.until.get_mut(&id) {
-            Some(until) => {
-                *until = (*until).max(now.saturating_add(SEEN_FOR_MS));
+        match self.ids.get_mut(&id) {
+            Some(r) => {
+                r.until = r.until.max(window_end(now, r.latest));
                 true
             }
             None => false,
@@ -390,23 +419,21 @@ impl SeenIds {
         self.len() >= MAX_SEEN
     }
 
-    /// Remembers a new id a window past the latest of `now`, its start time and its expiry.
+    /// Remembers a new id sent at `now` (see [`window_end`]).
     fn insert(&mut self, cmd: &Command, now: i64) {
-        let latest = now
-            .max(cmd.start_ms.unwrap_or(0))
-            .max(cmd.expire_ms.unwrap_or(0));
-        if self
-            .until
-            .insert(cmd.id, latest.saturating_add(SEEN_FOR_MS))
-            .is_none()
-        {
+        let latest = cmd.start_ms.unwrap_or(0).max(cmd.expire_ms.unwrap_or(0));
+        let r = Remembered {
+            until: window_end(now, latest),
+            latest,
+        };
+        if self.ids.insert(cmd.id, r).is_none() {
             self.checks
                 .push_back((self.now.max(now).saturating_add(SEEN_FOR_MS), cmd.id));
         }
     }
 
     fn len(&self) -> usize {
-        self.until.len()
+        self.ids.len()
     }
 }
 
@@ -426,18 +453,38 @@ struct ReplyTally {
 }
 
 impl ReplyTally {
+    /// Logs [`ReplyTally::line`].
+    fn log(&self, listed: usize, warnings: &mut ReplyWarnings, now: Instant) {
+        if let Some((level, line)) = self.line(listed, warnings, now) {
+            log::log!(level, "{line}");
+        }
+    }
+
     /// One line for the whole reply (counts only, never a command's name or argument), none
-    /// when every listed command was taken or was a repeat.
-    fn log(&self, listed: usize) {
+    /// when every listed command was taken or was a repeat. Commands left for later or
+    /// refused make it a warning as [`ReplyWarnings`] allows, otherwise it is debug.
+    fn line(
+        &self,
+        listed: usize,
+        warnings: &mut ReplyWarnings,
+        now: Instant,
+    ) -> Option<(log::Level, String)> {
         let left = self.over_bound + self.memory_full;
         if left + self.unusable + self.refused == 0 {
-            return;
+            return None;
         }
-        let level = if left + self.refused > 0 {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
-        };
+        let w = warnings;
+        let mut warn = false;
+        for (n, throttle) in [
+            (self.over_bound, &mut w.over_bound),
+            (self.memory_full, &mut w.memory_full),
+            (self.refused, &mut w.refused),
+        ] {
+            // Every condition present is counted, also when an earlier one already warns.
+            if n > 0 && throttle.due(now).is_some() {
+                warn = true;
+            }
+        }
         let mut parts = vec![format!("{} new ones taken", self.taken)];
         if self.over_bound > 0 {
             parts.push(format!(
@@ -447,7 +494,7 @@ impl ReplyTally {
         }
         if self.memory_full > 0 {
             parts.push(format!(
-                "{} left for a later reply ({MAX_SEEN} ids taken within the last hour are remembered)",
+                "{} left for a later reply ({MAX_SEEN} ids taken recently are remembered)",
                 self.memory_full
             ));
         }
@@ -463,12 +510,50 @@ impl ReplyTally {
                 self.refused, self.refused_why
             ));
         }
-        log::log!(
-            level,
+        let mut line = format!(
             "stardust: a ping reply listed {listed} commands: {}",
             parts.join(", ")
         );
+        if !warn {
+            if left + self.refused > 0 {
+                w.held_replies += 1;
+                w.held_left += left;
+                w.held_refused += self.refused;
+            }
+            return Some((log::Level::Debug, line));
+        }
+        if w.held_replies > 0 {
+            line.push_str(&format!(
+                "; since the last warning, {} more replies left {} commands for a later reply \
+                 and {} were answered with an error",
+                w.held_replies, w.held_left, w.held_refused
+            ));
+            (w.held_replies, w.held_left, w.held_refused) = (0, 0, 0);
+        }
+        line.push_str(&format!(
+            "; more of the same within {} minutes is logged at debug level",
+            REPEAT_AFTER.as_secs() / 60
+        ));
+        Some((log::Level::Warn, line))
     }
+}
+
+/// When the line of a ping reply with commands left for later or refused is a warning: the
+/// first time each of the conditions (left past the bound of a reply, left while the id memory
+/// is full, refused) occurs, then at most once every [`REPEAT_AFTER`] per condition; with the
+/// counts of the lines logged at debug level in between. A server that lists more new commands
+/// than are taken on every ping (every second, at its shortest period) would otherwise give one
+/// warning per ping for as long as it does.
+#[derive(Default)]
+struct ReplyWarnings {
+    over_bound: Throttle,
+    memory_full: Throttle,
+    refused: Throttle,
+    /// Since the last warning: replies with commands left or refused logged at debug level,
+    /// and the commands they left for later and refused.
+    held_replies: usize,
+    held_left: usize,
+    held_refused: usize,
 }
 
 /// What the uploader thread keeps: seen ids, the way to the command thread, the replies.
@@ -477,6 +562,7 @@ pub(crate) struct Dispatcher {
     timeout: Duration,
     waker: Waker,
     seen: SeenIds,
+    warnings: ReplyWarnings,
     inbox: Option<Sender<Command>>,
     replies_tx: Sender<Reply>,
     replies_rx: Receiver<Reply>,
@@ -491,6 +577,7 @@ impl Dispatcher {
             timeout,
             waker,
             seen: SeenIds::default(),
+            warnings: ReplyWarnings::default(),
             inbox: None,
             replies_tx,
             replies_rx,
@@ -501,13 +588,6 @@ impl Dispatcher {
     /// Replies ready to post, oldest first.
     pub(crate) fn replies(&self) -> &Receiver<Reply> {
         &self.replies_rx
-    }
-
-    /// The `commands` member of a ping reply (see [`Dispatcher::receive_each`]).
-    pub(crate) fn receive(&mut self, commands: &Value) {
-        if let Value::Array(list) = commands {
-            self.receive_each(list.len(), |take| list.iter().for_each(take));
-        }
     }
 
     /// The `listed` commands of a ping reply, which `each` hands over one at a time: ids seen
@@ -524,7 +604,7 @@ impl Dispatcher {
         self.seen.forget_due(now);
         let mut tally = ReplyTally::default();
         each(&mut |v| self.take(v, now, &mut tally));
-        tally.log(listed);
+        tally.log(listed, &mut self.warnings, Instant::now());
     }
 
     /// One listed command (see [`Dispatcher::receive_each`]).
@@ -609,6 +689,8 @@ impl Dispatcher {
             next_seq: 0,
             refused: 0,
             refused_why: String::new(),
+            refused_warning: Throttle::default(),
+            refused_held: 0,
         };
         match std::thread::Builder::new()
             .name("stardust-commands".into())
@@ -664,6 +746,9 @@ struct Worker {
     /// Commands refused since the last log line about it, and the last reason.
     refused: usize,
     refused_why: String,
+    /// When that line is a warning, and the commands refused in debug lines since the last.
+    refused_warning: Throttle,
+    refused_held: usize,
 }
 
 /// A command in the schedule heap, ordered only by the heap's other keys.
@@ -791,16 +876,34 @@ impl Worker {
         self.refused_why = why;
     }
 
-    /// One line for the commands refused since the last one.
+    /// One line for the commands refused since the last one: a warning the first time and at
+    /// most once every [`REPEAT_AFTER`] after it (with the count refused in between), debug
+    /// otherwise, as [`ReplyWarnings`] does for the uploader's lines.
     fn log_refused(&mut self) {
-        if self.refused > 0 {
-            log::warn!(
-                "stardust: {} commands refused, answered with an error ({})",
-                self.refused,
-                escaped(&self.refused_why)
-            );
-            self.refused = 0;
+        if self.refused == 0 {
+            return;
         }
+        let line = format!(
+            "stardust: {} commands refused, answered with an error ({})",
+            self.refused,
+            escaped(&self.refused_why)
+        );
+        if self.refused_warning.due(Instant::now()).is_some() {
+            let held = std::mem::take(&mut self.refused_held);
+            let since = if held > 0 {
+                format!("; {held} more refused since the last warning")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "{line}{since}; more within {} minutes is logged at debug level",
+                REPEAT_AFTER.as_secs() / 60
+            );
+        } else {
+            self.refused_held += self.refused;
+            log::debug!("{line}");
+        }
+        self.refused = 0;
     }
 
     /// Answers Cancelled when the command's expiry has passed (server time).
@@ -1127,8 +1230,8 @@ mod tests {
         seen.insert(&cmd(1, None), now);
         seen.insert(&cmd(2, Some(now + 10 * SEEN_FOR_MS)), now);
         seen.insert(&cmd(3, None), now);
-        assert_eq!(seen.until[&1], now + SEEN_FOR_MS);
-        assert_eq!(seen.until[&2], now + 11 * SEEN_FOR_MS);
+        assert_eq!(seen.ids[&1].until, now + SEEN_FOR_MS);
+        assert_eq!(seen.ids[&2].until, now + 11 * SEEN_FOR_MS);
         // Sent again half a window later: remembered a window from then.
         let later = now + SEEN_FOR_MS / 2;
         seen.forget_due(later);
@@ -1136,16 +1239,149 @@ mod tests {
         assert!(!seen.seen_again(4, later));
         // A window on, only the one not sent again is forgotten.
         seen.forget_due(now + SEEN_FOR_MS);
-        assert!(!seen.until.contains_key(&1));
-        assert!(seen.until.contains_key(&2) && seen.until.contains_key(&3));
+        assert!(!seen.ids.contains_key(&1));
+        assert!(seen.ids.contains_key(&2) && seen.ids.contains_key(&3));
         seen.forget_due(now + 2 * SEEN_FOR_MS);
         assert!(
-            !seen.until.contains_key(&3),
+            !seen.ids.contains_key(&3),
             "forgotten a window after its last send"
         );
-        assert!(seen.until.contains_key(&2), "kept a window past its start");
+        assert!(seen.ids.contains_key(&2), "kept a window past its start");
         seen.forget_due(now + 12 * SEEN_FOR_MS);
         assert_eq!((seen.len(), seen.checks.len()), (0, 0));
+    }
+
+    /// A start time or expiry keeps an id at most a day past its last send; each send moves
+    /// that day on, up to a window past the start time.
+    #[test]
+    fn start_and_expiry_keep_an_id_at_most_a_day_past_its_last_send() {
+        let mut seen = SeenIds::default();
+        let now = T;
+        let years = now + 3_000 * MAX_AHEAD_MS;
+        seen.insert(&cmd(1, Some(years)), now);
+        seen.insert(
+            &Command {
+                expire_ms: Some(years),
+                ..cmd(2, None)
+            },
+            now,
+        );
+        let start = now + 2 * MAX_AHEAD_MS;
+        seen.insert(&cmd(3, Some(start)), now);
+        for id in 1..=3 {
+            assert_eq!(seen.ids[&id].until, now + MAX_AHEAD_MS, "{id}");
+        }
+        // Id 3 is sent again on every ping, as the server sends a scheduled command: it stays
+        // remembered until a window past its start.
+        let mut t = now;
+        while t < start + 2 * SEEN_FOR_MS {
+            t += SEEN_FOR_MS / 2;
+            seen.forget_due(t);
+            if t <= start {
+                assert!(seen.seen_again(3, t), "remembered while scheduled, at {t}");
+            }
+        }
+        assert!(seen.ids.is_empty(), "{:?}", seen.ids);
+        assert!(seen.checks.is_empty());
+    }
+
+    /// 10,000 ids expiring in years fill the memory: no new command is taken while they are
+    /// remembered, and new ones are taken again a day after the server last sent them.
+    #[test]
+    fn ids_expiring_in_years_do_not_block_new_commands_for_more_than_a_day() {
+        let (waker, _rx) = crate::report::sink::waker();
+        let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
+        d.thread_failed = true;
+        let list: Vec<Value> = (1..=MAX_SEEN as i64)
+            .map(|id| json!({"id": id, "command": "x", "expire": "2999-01-01T00:00:00Z"}))
+            .collect();
+        for _ in 0..MAX_SEEN / MAX_NEW_PER_REPLY {
+            d.receive(&list);
+        }
+        assert_eq!(d.seen.len(), MAX_SEEN);
+        assert_eq!(d.replies().try_iter().count(), MAX_SEEN);
+        let new = [json!({"id": MAX_SEEN + 1, "command": "x"})];
+        d.receive(&new);
+        assert_eq!(d.replies().try_iter().count(), 0, "full: nothing new taken");
+        // A day and a window later, without those ids sent again.
+        let later = clock::unix_ms_now() + MAX_AHEAD_MS + SEEN_FOR_MS;
+        d.seen.forget_due(later);
+        assert_eq!(d.seen.len(), 0);
+        d.receive(&new);
+        let answered: Vec<i64> = d.replies().try_iter().map(|r| r.id).collect();
+        assert_eq!(
+            answered,
+            [MAX_SEEN as i64 + 1],
+            "a new command is taken again"
+        );
+    }
+
+    /// A server that leaves commands over on every ping: a warning the first time each
+    /// condition occurs and once per window after it, counting what the debug lines between
+    /// held; never a warning for commands that are only unusable.
+    #[test]
+    fn a_reply_warns_once_per_condition_and_window_and_counts_what_it_held_back() {
+        use log::Level::{Debug, Warn};
+        let mut w = ReplyWarnings::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut level = |tally: &ReplyTally, listed: usize, now: Instant| {
+            tally.line(listed, &mut w, now).map(|(level, line)| {
+                eprintln!("{level}: {line}");
+                (level, line)
+            })
+        };
+        let over = ReplyTally {
+            taken: 100,
+            over_bound: 900,
+            ..ReplyTally::default()
+        };
+        let (l, first) = level(&over, 1000, at(0)).unwrap();
+        assert_eq!(l, Warn);
+        assert!(first.contains("900 left for a later reply") && !first.contains("since"));
+        // One ping a second: debug lines.
+        for s in 1..100 {
+            assert_eq!(level(&over, 1000, at(s)).unwrap().0, Debug);
+        }
+        // A new condition warns at once, with what was held back.
+        let full = ReplyTally {
+            memory_full: 5,
+            ..ReplyTally::default()
+        };
+        let (l, line) = level(&full, 5, at(100)).unwrap();
+        assert_eq!(l, Warn);
+        assert!(
+            line.contains("99 more replies left 89100 commands for a later reply and 0 were"),
+            "{line}"
+        );
+        let refused = ReplyTally {
+            taken: 1,
+            refused: 1,
+            refused_why: "busy".into(),
+            ..ReplyTally::default()
+        };
+        assert_eq!(level(&refused, 1, at(101)).unwrap().0, Warn);
+        assert_eq!(level(&refused, 1, at(102)).unwrap().0, Debug);
+        assert_eq!(level(&full, 5, at(103)).unwrap().0, Debug);
+        let unusable = ReplyTally {
+            unusable: 3,
+            ..ReplyTally::default()
+        };
+        assert_eq!(level(&unusable, 3, at(104)).unwrap().0, Debug);
+        assert_eq!(level(&ReplyTally::default(), 0, at(105)), None);
+        // A window after its last warning, a condition warns again, with the count since.
+        assert_eq!(
+            level(&over, 1000, at(0) + REPEAT_AFTER - Duration::from_secs(1))
+                .unwrap()
+                .0,
+            Debug
+        );
+        let (l, line) = level(&over, 1000, at(0) + REPEAT_AFTER).unwrap();
+        assert_eq!(l, Warn);
+        assert!(
+            line.contains("3 more replies left 905 commands for a later reply and 1 were"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -1165,6 +1401,12 @@ mod tests {
         );
     }
 
+    impl Dispatcher {
+        fn receive(&mut self, list: &[Value]) {
+            self.receive_each(list.len(), |take| list.iter().for_each(take));
+        }
+    }
+
     /// A reply of 20,000 new commands: 100 are taken; re-sent, the next 100; never more than
     /// [`MAX_SEEN`] remembered, and none forgotten early (new ones wait instead).
     #[test]
@@ -1173,11 +1415,9 @@ mod tests {
         let mut d = Dispatcher::new(Handlers::default(), DEFAULT_TIMEOUT, waker);
         // No command thread: every command taken is answered at once, through the replies.
         d.thread_failed = true;
-        let list = Value::Array(
-            (1..=20_000)
-                .map(|id| json!({"id": id, "command": "x"}))
-                .collect(),
-        );
+        let list: Vec<Value> = (1..=20_000)
+            .map(|id| json!({"id": id, "command": "x"}))
+            .collect();
         d.receive(&list);
         assert_eq!(d.seen.len(), MAX_NEW_PER_REPLY);
         d.receive(&list);

@@ -5,7 +5,8 @@
 //! level is still `Off`, as it is until a logger sets it) warnings and errors also go to
 //! stderr — the runtime's one stderr fallback — once per distinct condition, repeated at most
 //! every [`REPEAT_AFTER`] with the number of occurrences in between, and with a hint of what
-//! to check. `Config::stderr_diagnostics(false)` turns the fallback off.
+//! to check. `Config::stderr_diagnostics(false)` turns the fallback off. [`Throttle`] is that
+//! rule for a caller's own warnings that could otherwise repeat on every round.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,7 +22,34 @@ pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(300);
 static FALLBACK: AtomicBool = AtomicBool::new(true);
 
 /// Per condition: when it was last printed, and how often it happened since.
-static SEEN: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::new(None);
+static SEEN: Mutex<Option<HashMap<&'static str, Throttle>>> = Mutex::new(None);
+
+/// How often one condition is shown: the first time, then at most once every
+/// [`REPEAT_AFTER`], with the number of occurrences held back in between. The stderr
+/// fallback keeps one per condition; a caller whose warnings could repeat on every round
+/// (a server misbehaving the same way on each ping) keeps its own.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    shown: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// An occurrence at `now`: `Some(n)` when it is to be shown, `n` occurrences having been
+    /// held back since the last one shown; `None` when it is held back (and counted).
+    pub(crate) fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.shown {
+            Some(at) if now.saturating_duration_since(at) < REPEAT_AFTER => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.shown = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
 
 /// Turns the stderr fallback on or off (from `Config`, at `init`).
 pub(crate) fn set_stderr_fallback(on: bool) {
@@ -52,26 +80,15 @@ pub(crate) fn report(level: log::Level, key: &'static str, message: &str, hint: 
     if level > log::Level::Warn || !FALLBACK.load(Ordering::Relaxed) || !no_logger() {
         return;
     }
-    let now = Instant::now();
-    let repeats = {
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = seen.get_or_insert_with(HashMap::new);
-        match seen.get_mut(key) {
-            Some((at, n)) if now.duration_since(*at) < REPEAT_AFTER => {
-                *n += 1;
-                return;
-            }
-            Some((at, n)) => {
-                let repeats = *n;
-                *at = now;
-                *n = 0;
-                repeats
-            }
-            None => {
-                seen.insert(key, (now, 0));
-                0
-            }
-        }
+    let due = SEEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_default()
+        .due(Instant::now());
+    let Some(repeats) = due else {
+        return;
     };
     let what = if level == log::Level::Error {
         "error"
@@ -112,7 +129,7 @@ mod tests {
         report(log::Level::Warn, "test-condition", "first", "check it");
         report(log::Level::Warn, "test-condition", "second", "");
         let seen = SEEN.lock().unwrap();
-        assert_eq!(seen.as_ref().unwrap()["test-condition"].1, 1);
+        assert_eq!(seen.as_ref().unwrap()["test-condition"].held, 1);
         drop(seen);
         clear(&["test-condition"]);
         assert!(
@@ -123,5 +140,19 @@ mod tests {
                 .unwrap()
                 .contains_key("test-condition")
         );
+    }
+
+    #[test]
+    fn a_throttle_shows_the_first_then_one_per_window_with_the_count_held_back() {
+        let t0 = Instant::now();
+        let mut t = Throttle::default();
+        assert_eq!(t.due(t0), Some(0));
+        assert_eq!(t.due(t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.due(t0 + REPEAT_AFTER - Duration::from_secs(1)), None);
+        assert_eq!(t.due(t0 + REPEAT_AFTER), Some(2));
+        assert_eq!(t.due(t0 + REPEAT_AFTER), None);
+        // A clock read out of order counts as no time passed.
+        assert_eq!(t.due(t0), None);
+        assert_eq!(t.due(t0 + 2 * REPEAT_AFTER), Some(2));
     }
 }

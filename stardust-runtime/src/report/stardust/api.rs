@@ -202,48 +202,92 @@ fn not_json(bytes: &[u8]) -> CallError {
 }
 
 /// A ping reply (docs/stardust-protocol.md §4.2) read as [`parse_envelope`] reads it, except
-/// that the `commands` list of its `data` never exists as one `Value`: 100,000 small commands
-/// fit in the 4 MiB a reply may have and would take some 80 MB as values. The first pass
-/// leaves the list out of [`data`](PingReply::data) (its elements are read, not kept);
-/// [`for_each_command`](PingReply::for_each_command) reads it again, one element at a time.
+/// that its `commands` list never exists as one `Value`: 100,000 small commands fit in the
+/// 4 MiB a reply may have and would take some 80 MB as values. The first pass leaves every
+/// `commands` member out — of the top-level object and of its `data` member(s), any case — and
+/// only counts their elements; the envelope's rules then say which of them is the data's
+/// (`data.commands`, or the top-level `commands` of a reply without `data`, the whole object
+/// being the data; with repeated keys, the one the envelope and [`get_ci`] would keep), and
+/// [`for_each_command`](PingReply::for_each_command) reads that one again, one element at a
+/// time. The others are never run.
 pub(crate) struct PingReply {
-    /// `data` without its `commands` member (any case).
+    /// The data without its `commands` member(s) (any case).
     pub data: Value,
-    /// Elements of the `commands` list(s) left out (0: none, or not a list).
+    /// Elements of the data's `commands` list (0: none, or not a list).
     pub commands: usize,
+    /// Which `commands` member, in the order they appear in the body, is the data's.
+    chosen: Option<usize>,
     body: Vec<u8>,
 }
 
 pub(crate) fn parse_ping_reply(body: Vec<u8>) -> Result<PingReply, CallError> {
     let mut out = Lean {
         sink: None::<fn(&Value)>,
-        count: 0,
+        want: None,
+        seen: 0,
     };
-    let value = read_lean(&body, &mut out).map_err(|_| not_json(&body))?;
-    let commands = out.count;
+    let mut value = read_lean(&body, &mut out).map_err(|_| not_json(&body))?;
+    // The member the data would hold, as a placeholder `[n, elements]`; then every
+    // placeholder goes.
+    let chosen = match data_of(&value) {
+        Value::Object(data) => match get_ci(data, "commands") {
+            Some(Value::Array(p)) => match p[..] {
+                [Value::Number(ref n), Value::Number(ref count)] => n
+                    .as_u64()
+                    .zip(count.as_u64())
+                    .map(|(n, count)| (n as usize, count as usize)),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    if let Value::Object(top) = &mut value {
+        top.retain(|k, _| !is_commands(k));
+        for (_, v) in top.iter_mut().filter(|(k, _)| is_data(k)) {
+            if let Value::Object(data) = v {
+                data.retain(|k, _| !is_commands(k));
+            }
+        }
+    }
     Ok(PingReply {
         data: envelope_data(value)?,
-        commands,
+        commands: chosen.map_or(0, |(_, count)| count),
+        chosen: chosen.map(|(n, _)| n),
         body,
     })
 }
 
 impl PingReply {
-    /// Calls `f` with each element of the `commands` list(s) left out of `data`, in order.
+    /// Calls `f` with each element of the data's `commands` list, in order.
     pub(crate) fn for_each_command(&self, f: impl FnMut(&Value)) {
+        if self.chosen.is_none() {
+            return;
+        }
         let mut out = Lean {
             sink: Some(f),
-            count: 0,
+            want: self.chosen,
+            seen: 0,
         };
         // The body read without error the first time.
         let _ = read_lean(&self.body, &mut out);
     }
 }
 
-/// Where the elements of a `data.commands` list go, and how many there were.
+fn is_data(key: &str) -> bool {
+    key.eq_ignore_ascii_case("data")
+}
+
+fn is_commands(key: &str) -> bool {
+    key.eq_ignore_ascii_case("commands")
+}
+
+/// Where the elements of the `commands` member number `want` go.
 struct Lean<F> {
     sink: Option<F>,
-    count: usize,
+    want: Option<usize>,
+    /// `commands` members met so far.
+    seen: usize,
 }
 
 fn read_lean<F: FnMut(&Value)>(body: &[u8], out: &mut Lean<F>) -> serde_json::Result<Value> {
@@ -253,9 +297,11 @@ fn read_lean<F: FnMut(&Value)>(body: &[u8], out: &mut Lean<F>) -> serde_json::Re
     Ok(value)
 }
 
-/// A JSON value read as `Value`, except that in the top-level object's `data` object
-/// (`depth` 0 and 1; keys ignoring case) the `commands` member is left out, and the elements
-/// of its list go to [`Lean::sink`]. Every other member and element is read by `Value`'s own
+/// A JSON value read as `Value`, except that in the top-level object and in its `data`
+/// objects (`depth` 0 and 1; keys ignoring case) a `commands` member is replaced by the
+/// placeholder `[n, elements]`: it is the `n`th such member of the body (from 0), and its
+/// list had `elements` elements (`null` when it is not a list), which went to [`Lean::sink`]
+/// when `n` is [`Lean::want`]. Every other member and element is read by `Value`'s own
 /// `Deserialize`; only the top level and `data` are built here.
 struct LeanValue<'a, F> {
     depth: u8,
@@ -305,74 +351,101 @@ impl<'de, F: FnMut(&Value)> Visitor<'de> for LeanValue<'_, F> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut obj = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if self.depth == 0 && key.eq_ignore_ascii_case("data") {
-                let v = map.next_value_seed(LeanValue {
+            let v = if self.depth == 0 && is_data(&key) {
+                map.next_value_seed(LeanValue {
                     depth: 1,
                     out: &mut *self.out,
+                })?
+            } else if is_commands(&key) {
+                let n = self.out.seen;
+                self.out.seen += 1;
+                let count = map.next_value_seed(Commands {
+                    out: &mut *self.out,
+                    n,
                 })?;
-                obj.insert(key, v);
-            } else if self.depth == 1 && key.eq_ignore_ascii_case("commands") {
-                map.next_value_seed(Commands(&mut *self.out))?;
+                Value::Array(vec![n.into(), count.map_or(Value::Null, Value::from)])
             } else {
-                obj.insert(key, map.next_value()?);
-            }
+                map.next_value()?
+            };
+            obj.insert(key, v);
         }
         Ok(Value::Object(obj))
     }
 }
 
-/// The `commands` member: a list's elements, one at a time, to the sink; anything else skipped.
-struct Commands<'a, F>(&'a mut Lean<F>);
+/// The `commands` member number `n`: a list's elements counted, and, when it is the one
+/// wanted, handed to the sink one at a time; anything else skipped (`None`: not a list).
+struct Commands<'a, F> {
+    out: &'a mut Lean<F>,
+    n: usize,
+}
 
 impl<'de, F: FnMut(&Value)> DeserializeSeed<'de> for Commands<'_, F> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de, F: FnMut(&Value)> Visitor<'de> for Commands<'_, F> {
-    type Value = ();
+    type Value = Option<usize>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        match &mut self.0.sink {
-            Some(sink) => {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<usize>, A::Error> {
+        let mut count = 0;
+        match &mut self.out.sink {
+            Some(sink) if self.out.want == Some(self.n) => {
                 while let Some(e) = seq.next_element::<Value>()? {
-                    self.0.count += 1;
+                    count += 1;
                     sink(&e);
                 }
             }
-            None => {
+            _ => {
                 while seq.next_element::<IgnoredAny>()?.is_some() {
-                    self.0.count += 1;
+                    count += 1;
                 }
             }
         }
-        Ok(())
+        Ok(Some(count))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<usize>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(())
+        Ok(None)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, _: bool) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, _: i64) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, _: u64) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, _: f64) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, _: &str) -> Result<Option<usize>, E> {
+        Ok(None)
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Option<usize>, E> {
+        Ok(None)
+    }
+}
+
+/// The key of an envelope's data member: `data`, else the first key that is `data` ignoring
+/// case; `None` when there is none (the whole object is the data).
+fn data_key(obj: &Map<String, Value>) -> Option<&String> {
+    obj.get_key_value("data")
+        .map(|(k, _)| k)
+        .or_else(|| obj.keys().find(|k| is_data(k)))
+}
+
+/// What [`envelope_data`] gives as the data of `value`, when it succeeds.
+fn data_of(value: &Value) -> &Value {
+    match value {
+        Value::Object(obj) => data_key(obj).map_or(value, |k| &obj[k]),
+        _ => value,
     }
 }
 
@@ -394,12 +467,8 @@ fn envelope_data(value: Value) -> Result<Value, CallError> {
         })
         .unwrap_or(0);
     if code == 0 || code == 200 {
-        // Taken out, not copied: a reply may be megabytes of values (a ping's commands).
-        let key = if obj.contains_key("data") {
-            Some("data".to_owned())
-        } else {
-            obj.keys().find(|k| k.eq_ignore_ascii_case("data")).cloned()
-        };
+        // Taken out, not copied: a reply may be megabytes of values.
+        let key = data_key(&obj).cloned();
         return Ok(match key.and_then(|k| obj.remove(&k)) {
             Some(d) => d,
             None => Value::Object(obj),
@@ -521,17 +590,73 @@ mod tests {
         );
         assert!(err("<html>").unwrap().contains("looks like HTML"));
         assert!(err(r#"{"code":0,"data":{"commands":[1,]}}"#).is_some());
-        let whole = parse_ping_reply(br#"{"code":0,"commands":[{"id":3}]}"#.to_vec()).unwrap();
-        assert_eq!(
-            whole.data["commands"][0]["id"], 3,
-            "no data: the whole object"
-        );
-        assert_eq!(whole.commands, 0);
         let odd = parse_ping_reply(br#"{"code":0,"data":{"commands":{"id":3},"n":1.5}}"#.to_vec());
         let odd = odd.unwrap();
         assert_eq!(
             (odd.commands, &odd.data),
             (0, &serde_json::json!({"n": 1.5}))
         );
+    }
+
+    /// The ids of the commands a ping reply gives, and its data.
+    fn ping_commands(body: &str) -> (Vec<i64>, Value) {
+        let reply = parse_ping_reply(body.as_bytes().to_vec()).unwrap();
+        let mut ids = Vec::new();
+        reply.for_each_command(|c| ids.push(c["id"].as_i64().unwrap()));
+        assert_eq!(ids.len(), reply.commands);
+        (ids, reply.data)
+    }
+
+    /// Only the list the data holds is given, as [`parse_envelope`] and `get_ci` pick the
+    /// data and its `commands`: the top-level list of a reply without `data` (also read one
+    /// at a time), never the top-level list beside a `data`, never a repeated key's list that
+    /// the data does not keep.
+    #[test]
+    fn a_ping_reply_gives_the_commands_of_its_data_only() {
+        let cases: [(&str, &[i64], Value); 7] = [
+            (
+                r#"{"code":0,"period":5,"commands":[{"id":3},{"id":4}]}"#,
+                &[3, 4],
+                serde_json::json!({"code": 0, "period": 5}),
+            ),
+            (
+                r#"{"code":0,"commands":[{"id":9}],"data":{"period":5}}"#,
+                &[],
+                serde_json::json!({"period": 5}),
+            ),
+            (
+                r#"{"code":0,"data":{"commands":[{"id":1}]},"Data":{"commands":[{"id":2}]}}"#,
+                &[1],
+                serde_json::json!({}),
+            ),
+            (
+                r#"{"code":0,"Data":{"commands":[{"id":1}]},"data":{"commands":[{"id":2}]}}"#,
+                &[2],
+                serde_json::json!({}),
+            ),
+            (
+                r#"{"code":0,"data":{"commands":[{"id":1}]},"data":{"commands":[{"id":2}],"n":1}}"#,
+                &[2],
+                serde_json::json!({"n": 1}),
+            ),
+            (
+                r#"{"code":0,"data":{"Commands":[{"id":1}],"commands":[{"id":2}]}}"#,
+                &[2],
+                serde_json::json!({}),
+            ),
+            (
+                r#"{"code":0,"data":{"commands":[{"id":1}],"commands":null}}"#,
+                &[],
+                serde_json::json!({}),
+            ),
+        ];
+        for (body, ids, data) in cases {
+            assert_eq!(ping_commands(body), (ids.to_vec(), data), "{body}");
+        }
+        // An error names the data without its commands, as before.
+        match parse_ping_reply(br#"{"code":500,"data":{"commands":[{"id":1}],"x":1}}"#.to_vec()) {
+            Err(CallError::Business { code: 500, message }) => assert_eq!(message, r#"{"x":1}"#),
+            other => panic!("{:?}", other.err()),
+        }
     }
 }
