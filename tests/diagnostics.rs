@@ -5,12 +5,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stardust_runtime::{Config, trace};
-use stardust_test_support::common::Workers;
+use stardust_test_support::common::{self, Workers};
 
 #[trace("diag/op")]
 fn op() {}
@@ -58,15 +57,8 @@ fn child(url: &str) {
 
 /// Runs the child against `url` and returns its stderr.
 fn run_child(url: &str, with_logger: bool) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_entry",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD, url);
+    let mut cmd = common::child_test("child_entry");
+    cmd.env(CHILD, url);
     if with_logger {
         cmd.env(CHILD_LOGGER, "1");
     }

@@ -4,7 +4,6 @@
 //! escapes. Checked with a logger and, in a child process, through the stderr fallback.
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
 use stardust_runtime::{Config, EventKind, InitError, trace};
@@ -22,6 +21,19 @@ const FORGED_SHOWN: &str = "denied\\r\\nERROR forged line\\u{1b}[31m";
 
 #[trace("hostile/op")]
 fn op() {}
+
+/// The runtime against `fake`, periods cut by flushes, with budgets far above any scheduling
+/// delay.
+fn config(fake: &FakeStardust) -> Config {
+    Config::new()
+        .server(fake.base_url())
+        .app_id(APP)
+        .version("1.0.0")
+        .console(false)
+        .first_report_delay(Duration::from_secs(3600))
+        .request_timeout(Duration::from_secs(30))
+        .shutdown_timeout(WAIT)
+}
 
 fn closed_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -193,14 +205,7 @@ fn the_stderr_fallback_shows_no_password_and_no_forged_line() {
         "http://user:s3cret-pw@127.0.0.1:{dead},http://admin:p@ss-w0rd@127.0.0.1:{}",
         fake.port()
     );
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let out = common::child_test("child_entry")
         .env(CHILD, &servers)
         .output()
         .unwrap();
@@ -245,17 +250,7 @@ fn forged_server_text_is_escaped_in_every_log_line() {
     fake.push_fault(On::Only(Endpoint::PostEvents), Fault::code(500, FORGED));
     let forged_name = "app/x\r\nERROR forged line\x1b[31m";
     let id = fake.send_command(APP, forged_name, None);
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .server(fake.base_url())
-            .app_id(APP)
-            .version("1.0.0")
-            .console(false)
-            .first_report_delay(Duration::from_secs(3600))
-            .request_timeout(Duration::from_secs(30))
-            .shutdown_timeout(WAIT),
-    )
-    .unwrap();
+    let guard = stardust_runtime::init_with(config(&fake)).unwrap();
     fake.expect_logins(1, WAIT);
     stardust_runtime::event(EventKind::Info, "hostile/event", "one");
     op();
@@ -298,18 +293,7 @@ fn reports_after_login_code(code: &str) -> Vec<String> {
         .app(APP, Some(SECRET))
         .login_code(code)
         .start();
-    let guard = stardust_runtime::init_with(
-        Config::new()
-            .server(fake.base_url())
-            .app_id(APP)
-            .secret(SECRET)
-            .version("1.0.0")
-            .console(false)
-            .first_report_delay(Duration::from_secs(3600))
-            .request_timeout(Duration::from_secs(30))
-            .shutdown_timeout(WAIT),
-    )
-    .unwrap();
+    let guard = stardust_runtime::init_with(config(&fake).secret(SECRET)).unwrap();
     fake.expect_logins(1, WAIT);
     op();
     let _ = stardust_runtime::flush();

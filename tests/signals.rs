@@ -64,14 +64,7 @@ fn sigterm_reports_the_last_period_then_exits_143() {
     // panic the child is killed first (it is dropped inside the scope), which ends the reader.
     let (status, rest) = std::thread::scope(|s| {
         let mut child = KillOnDrop(
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_entry",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            common::child_test("child_entry")
                 .env(CHILD, "1")
                 .stdout(Stdio::piped())
                 .spawn()

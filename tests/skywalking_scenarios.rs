@@ -9,7 +9,7 @@ use stardust_test_support::common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -322,14 +322,7 @@ fn two_processes_linked_by_sw8() {
     // created in the scope, so a failing assertion kills it before the scope joins the thread.
     let url = std::thread::scope(|scope| {
         let mut child = common::KillOnDrop(
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "backend_process",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            common::child_test("backend_process")
                 .env("SW_TEST_BACKEND_OAP", oap.base_url())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

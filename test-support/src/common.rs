@@ -68,6 +68,21 @@ impl Drop for Workers {
     }
 }
 
+/// The running test binary as a command that runs only its ignored test `entry`, alone and
+/// with its output shown: how a test starts a helper process of its own (set the environment
+/// the entry reads, then spawn).
+pub fn child_test(entry: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args([
+        "--exact",
+        entry,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    cmd
+}
+
 /// A child process (a test binary re-run as a helper process) that is killed and reaped when
 /// dropped: a failing test leaves no process behind, and a thread reading its output ends.
 pub struct KillOnDrop(pub std::process::Child);
